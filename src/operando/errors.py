@@ -1,0 +1,120 @@
+"""Errors operando raises on purpose.
+
+One class per rule. Every message names *where* (the file, array or option), says
+what rule was broken with the offending value, and ends with the remedy, so that a
+beamline user can fix the input without reading the source::
+
+    raise FrameCountError("sample.tif", "287 frames is not a multiple of 143 energies",
+                          remedy="check --energies or pass --scans")
+
+Bad-input errors subclass :class:`ValueError` (or the matching built-in, e.g.
+:class:`FileNotFoundError`), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatasetLayoutError",
+    "EnergyOrderError",
+    "FrameCountError",
+    "IncompleteDatasetError",
+    "InputError",
+    "InputNotFoundError",
+    "NonFiniteInputError",
+    "OperandoError",
+    "OutputExistsError",
+    "ShapeMismatchError",
+    "TruncatedFileError",
+    "UnsupportedDtypeError",
+    "UnsupportedFormatError",
+]
+
+
+class OperandoError(Exception):
+    """Base class of every error operando raises on purpose."""
+
+    remedy: str = ""
+
+    def __init__(self, where: object, problem: str, *, remedy: str | None = None) -> None:
+        self.where = str(where)
+        self.problem = problem
+        fix = self.remedy if remedy is None else remedy
+        message = f"{self.where}: {problem}"
+        super().__init__(f"{message}. {fix}" if fix else message)
+
+
+class InputError(OperandoError, ValueError):
+    """An input file, array or option breaks one of operando's rules."""
+
+
+class ConfigError(InputError):
+    """A configuration value (file, ``OPERANDO_*`` variable or flag) is invalid."""
+
+    remedy = "Fix the value or unset the OPERANDO_* variable that sets it."
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input path does not exist."""
+
+    remedy = "Check the path and spelling; globs are expanded by the shell."
+
+
+class UnsupportedFormatError(InputError):
+    """The input's file type cannot be read."""
+
+    remedy = "Supported inputs: .tif/.tiff, a folder of 2D .tif slices, .h5/.hdf5 with a dataset path, .xrm/.txrm, .npy, zarr arrays."
+
+
+class TruncatedFileError(InputError):
+    """A file ends before the data its header promises."""
+
+    remedy = "The file is truncated or corrupt: copy it again from the beamline storage, or leave it out."
+
+
+class ShapeMismatchError(InputError):
+    """Inputs that must share a shape do not."""
+
+    remedy = "Crop or pad the inputs to one shape before ingest."
+
+
+class FrameCountError(InputError):
+    """A stack's frame count does not fit the energies (and scans) given."""
+
+    remedy = "Frames must be scans × energies, scan-major; check --energies and --scans."
+
+
+class EnergyOrderError(InputError):
+    """Energies are not strictly increasing."""
+
+    remedy = "List one energy in eV per line, strictly increasing, as acquired."
+
+
+class NonFiniteInputError(InputError):
+    """Float input holds NaN or infinity."""
+
+    remedy = "Replace the non-finite values (e.g. with numpy.nan_to_num) before ingest."
+
+
+class UnsupportedDtypeError(InputError):
+    """The input's data type cannot be ingested."""
+
+    remedy = "Convert to an unsigned/signed integer or float32/float64 array."
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """The output path exists already."""
+
+    remedy = "Choose another output path, or pass --overwrite (overwrite=True) to replace it."
+
+
+class DatasetLayoutError(InputError):
+    """A zarr store is not an operando dataset (missing variable, dims or units)."""
+
+    remedy = "Create datasets with `operando ingest` or operando.io.write_dataset."
+
+
+class IncompleteDatasetError(OperandoError, RuntimeError):
+    """A dataset was never marked complete: its writing stopped part way."""
+
+    remedy = "Run the command that writes it again (with --overwrite), or open it with require_complete=False to inspect what is there."

@@ -1,0 +1,1 @@
+"""operando.models."""
