@@ -66,11 +66,7 @@ def ct_dataset(
         Acquisition metadata (source files, beamline fields).
     """
     t, z, y, x = intensity.shape
-    times = (
-        np.arange(t, dtype=np.float64)
-        if times_min is None
-        else np.asarray(times_min, dtype=np.float64)
-    )
+    times = np.arange(t, dtype=np.float64) if times_min is None else np.asarray(times_min, dtype=np.float64)
     coords = {
         "time": xr.Variable("time", times, {"units": "min", "long_name": "time since start"}),
         **{d: spatial_coord(d, n, voxel_size_um) for d, n in zip("zyx", (z, y, x), strict=True)},
@@ -115,10 +111,7 @@ def xanes_dataset(
         "y": spatial_coord("y", y, pixel_size_um),
         "x": spatial_coord("x", x, pixel_size_um),
     }
-    data = {
-        name: xr.Variable(XANES_DIMS, arr, _XANES_ATTRS.get(name, {}))
-        for name, arr in variables.items()
-    }
+    data = {name: xr.Variable(XANES_DIMS, arr, _XANES_ATTRS.get(name, {})) for name, arr in variables.items()}
     meta = {"modality": "xanes", "pixel_size_um": float(pixel_size_um), **(attrs or {})}
     return xr.Dataset(data, coords=coords, attrs=meta)
 

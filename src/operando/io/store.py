@@ -48,9 +48,7 @@ __all__ = [
 COMPLETE_ATTR = "operando:complete"
 
 
-def prepare_output(
-    path: str | Path, *, overwrite: bool = False, inputs: tuple[Path, ...] = ()
-) -> Path:
+def prepare_output(path: str | Path, *, overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> Path:
     """Check that ``path`` may be written; remove an old dataset there if ``overwrite``.
 
     Refuses to overwrite anything that is not a zarr store, and any path that is
@@ -221,9 +219,7 @@ def _describe_missing(missing: Mapping[str, tuple[int, int, tuple[int, ...] | No
     )
 
 
-def open_dataset(
-    path: str | Path, *, group: str | None = None, require_complete: bool = True
-) -> xr.Dataset:
+def open_dataset(path: str | Path, *, group: str | None = None, require_complete: bool = True) -> xr.Dataset:
     """Open an operando dataset lazily (dask arrays with the on-disk chunks).
 
     Parameters
