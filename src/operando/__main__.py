@@ -1,0 +1,3 @@
+from operando.cli import main
+
+raise SystemExit(main())

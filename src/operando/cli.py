@@ -1,0 +1,180 @@
+"""The ``operando`` command line.
+
+Each verb is a thin translation of flags into one call of the Python API; every
+error operando raises on purpose is printed as one line naming the file, the rule
+and the fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from operando import __version__
+from operando.errors import ConfigError, OperandoError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``operando`` command line; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except OperandoError as err:
+        print(f"operando: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="operando", description="Out-of-core operando X-ray imaging of batteries."
+    )
+    parser.add_argument("--version", action="version", version=f"operando {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_synth(verbs)
+    _add_ingest(verbs)
+    info = verbs.add_parser(
+        "info", help="describe a dataset: variables, chunks, codec, size, coordinates, completeness"
+    )
+    info.add_argument("dataset", type=Path)
+    info.set_defaults(run=_run_info)
+    return parser
+
+
+def _add_synth(verbs: argparse._SubParsersAction) -> None:
+    synth = verbs.add_parser("synth", help="make synthetic operando data with known ground truth")
+    kinds = synth.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, dims in (("ct", "T,Z,Y,X"), ("xanes", "S,E,Y,X")):
+        p = kinds.add_parser(kind, help=f"synthetic {kind.upper()} data ({dims})")
+        p.add_argument(
+            "-o", "--output", type=Path, required=True, help="a .zarr dataset, or a folder for --format tiff"
+        )
+        p.add_argument("--shape", type=_int_list, help=f"array shape {dims}")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--format",
+            choices=("zarr", "tiff"),
+            default="zarr",
+            help="zarr: a dataset with the truth in its 'truth' group; tiff: raw beamline-style files to ingest",
+        )
+        p.add_argument("--overwrite", action="store_true")
+        p.set_defaults(run=_run_synth)
+
+
+def _add_ingest(verbs: argparse._SubParsersAction) -> None:
+    ingest = verbs.add_parser("ingest", help="convert beamline files into an operando dataset, out of core")
+    kinds = ingest.add_subparsers(dest="kind", required=True, metavar="KIND")
+    ct = kinds.add_parser("ct", help="CT volumes, one per timestep")
+    ct.add_argument(
+        "inputs", nargs="+", type=Path, help="3D TIFF / HDF5 / .npy / zarr array / folder of 2D slices"
+    )
+    ct.add_argument("--voxel-size", type=float, required=True, help="voxel size in µm")
+    ct.add_argument(
+        "--times", type=_float_list, help="minutes per timestep: 0,10,20 or a text file, one per line"
+    )
+    _add_common_ingest(ct)
+    ct.set_defaults(run=_run_ingest_ct)
+    xanes = kinds.add_parser("xanes", help="TXM-XANES frames: scans × energies, scan-major")
+    xanes.add_argument(
+        "--sample", type=Path, required=True, help="stack of sample frames, or a folder of .xrm files"
+    )
+    xanes.add_argument(
+        "--flat", type=Path, required=True, help="stack of reference (flat) frames, or a folder of .xrm"
+    )
+    xanes.add_argument("--dark", type=Path, help="dark frame(s), averaged")
+    xanes.add_argument(
+        "--energies", type=Path, help="text file, one energy in eV per line (not needed for .xrm)"
+    )
+    xanes.add_argument("--scans", type=int, help="number of scans (default: frames / energies)")
+    _add_common_ingest(xanes)
+    xanes.set_defaults(run=_run_ingest_xanes)
+
+
+def _add_common_ingest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .zarr dataset")
+    p.add_argument("--dataset-path", help="dataset inside HDF5 inputs, e.g. /exchange/data")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    path = Path(text)
+    try:
+        if path.is_file():
+            return tuple(float(v) for v in path.read_text().split() if v)
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers or a file of them, got {text!r}"
+        ) from None
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from operando.io.info import describe
+
+    print(describe(args.dataset))
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    from operando import synth
+
+    writers: dict[tuple[str, str], Callable[..., Path]] = {
+        ("ct", "zarr"): synth.synth_ct,
+        ("ct", "tiff"): synth.synth_ct_raw,
+        ("xanes", "zarr"): synth.synth_xanes,
+        ("xanes", "tiff"): synth.synth_xanes_raw,
+    }
+    params = {"seed": args.seed} | ({"shape": args.shape} if args.shape else {})
+    out = writers[args.kind, args.format](args.output, overwrite=args.overwrite, **params)
+    print(f"wrote synthetic {args.kind} ({args.format}) to {out}")
+
+
+def _run_ingest_ct(args: argparse.Namespace) -> None:
+    from operando.io.ingest import ingest_ct
+
+    if args.times is not None and len(args.times) != len(args.inputs):
+        raise ConfigError(
+            "--times",
+            f"{len(args.times)} times for {len(args.inputs)} volumes",
+            remedy="Give one time per input volume.",
+        )
+    out = ingest_ct(
+        args.inputs,
+        args.output,
+        voxel_size_um=args.voxel_size,
+        times_min=args.times,
+        dataset_path=args.dataset_path,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+
+
+def _run_ingest_xanes(args: argparse.Namespace) -> None:
+    from operando.io.ingest import ingest_xanes, read_energies
+
+    out = ingest_xanes(
+        args.sample,
+        args.flat,
+        args.output,
+        energies_ev=None if args.energies is None else read_energies(args.energies),
+        dark=args.dark,
+        scans=args.scans,
+        dataset_path=args.dataset_path,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
