@@ -13,6 +13,8 @@ Bad-input errors subclass :class:`ValueError` (or the matching built-in, e.g.
 
 from __future__ import annotations
 
+from functools import partial
+
 __all__ = [
     "ConfigError",
     "DatasetLayoutError",
@@ -40,8 +42,14 @@ class OperandoError(Exception):
         self.where = str(where)
         self.problem = problem
         fix = self.remedy if remedy is None else remedy
+        self.remedy = fix
         message = f"{self.where}: {problem}"
         super().__init__(f"{message}. {fix}" if fix else message)
+
+    def __reduce__(self):
+        # Pickle through the real signature, so that errors raised in dask
+        # workers reach the client intact (the default re-calls cls(message)).
+        return (partial(type(self), remedy=self.remedy), (self.where, self.problem), self.__dict__)
 
 
 class InputError(OperandoError, ValueError):

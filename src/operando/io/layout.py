@@ -126,7 +126,7 @@ _XANES_ATTRS = {
 
 def label_attrs(classes: Sequence[str]) -> dict[str, Any]:
     """CF flag attributes for uint8 labels 0..K named by ``classes``."""
-    if len(classes) > 255:
+    if len(classes) > 256:
         raise ValueError(f"{len(classes)} classes do not fit uint8 labels")
     return {
         "flag_values": list(range(len(classes))),
