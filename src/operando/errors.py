@@ -126,3 +126,9 @@ class IncompleteDatasetError(OperandoError, RuntimeError):
     """A dataset was never marked complete: its writing stopped part way."""
 
     remedy = "Run the command that writes it again (with --overwrite), or open it with require_complete=False to inspect what is there."
+
+
+class EnergyListError(InputError):
+    """Energies are missing where the input carries none, or disagree with the input's own."""
+
+    remedy = "Pass --energies with one energy in eV per line, one per frame of a scan."
