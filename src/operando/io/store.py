@@ -52,7 +52,8 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, inputs: tuple[P
     """Check that ``path`` may be written; remove an old dataset there if ``overwrite``.
 
     Refuses to overwrite anything that is not a zarr store, and any path that is
-    also an input, so that nothing a user has is ever lost.
+    also an input, contains one or lies inside one, so that nothing a user has is
+    ever lost or mixed with new files.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -63,6 +64,12 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, inputs: tuple[P
                 path,
                 f"the output would overwrite the input {src}",
                 remedy="Write the output to a new path.",
+            )
+        if src in resolved.parents:
+            raise OutputExistsError(
+                path,
+                f"the output would be written inside the input {src}",
+                remedy="Write the output outside the input folder.",
             )
     if not path.exists():
         return path
