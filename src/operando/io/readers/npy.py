@@ -36,7 +36,7 @@ def _mmap(path: Path) -> np.ndarray:
     except ValueError as err:
         if "mmap length" in str(err) or "larger than" in str(err):
             raise TruncatedFileError(path, f"file is shorter than its .npy header says ({err})") from err
-        if "pickle" in str(err).lower():
+        if "pickle" in str(err).lower() or "python objects" in str(err).lower():
             check_dtype(object, path)
         raise UnsupportedFormatError(path, f"not a readable .npy file ({err})") from err
 

@@ -129,7 +129,10 @@ def _check_whole(tf: tifffile.TiffFile, path: Path) -> None:
     pages, fh = tf.pages, tf.filehandle
     n = len(pages)  # loads every IFD; tifffile stops (with a log line) at a broken link
     fh.seek(pages.next_page_offset)
-    next_ifd = struct.unpack(tf.tiff.offsetformat, fh.read(tf.tiff.offsetsize))[0]
+    raw = fh.read(tf.tiff.offsetsize)
+    if len(raw) < tf.tiff.offsetsize:
+        raise TruncatedFileError(path, f"the file ends ({fh.size} bytes) inside the header of page {n}")
+    next_ifd = struct.unpack(tf.tiff.offsetformat, raw)[0]
     if next_ifd:
         raise TruncatedFileError(
             path, f"the page chain breaks after page {n}: the next page is at byte {next_ifd}, past the file end ({fh.size} bytes)"
