@@ -2,7 +2,7 @@
 
 The default (``codec.name`` = ``blosc-zstd``: Blosc with zstd and bit-shuffle) was
 chosen by measurement on CT-like data; see ``benchmarks/bench_codecs.py`` and
-``benchmarks/RESULTS.md`` for the ratios and throughputs of every candidate.
+``benchmarks/results/codecs.md`` for the ratios and throughputs of every candidate.
 """
 
 from __future__ import annotations
