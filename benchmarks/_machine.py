@@ -1,6 +1,7 @@
-"""Describe the machine a benchmark ran on, for the header of every results file.
+"""Describe the machine a benchmark ran on, for the header of every results file::
 
 from _machine import machine_info, machine_markdown
+
 print(machine_markdown())
 """
 
