@@ -131,12 +131,17 @@ def write_dataset(
     encoding: dict[Hashable, dict[str, object]] = {}
     chunked = {}
     for name, var in ds.variables.items():
-        chunks = choose_chunks(
-            var.shape,
-            var.dtype,
-            [str(d) for d in var.dims],
-            target_mib=target_mib,
-            energy_chunk=energy_chunk,
+        # Coordinates are small and read whole on open: one chunk, not one file per timestep.
+        chunks = (
+            choose_chunks(
+                var.shape,
+                var.dtype,
+                [str(d) for d in var.dims],
+                target_mib=target_mib,
+                energy_chunk=energy_chunk,
+            )
+            if name in ds.data_vars
+            else tuple(max(n, 1) for n in var.shape)
         )
         encoding[name] = {"chunks": chunks, "compressors": comp, **_fill_encoding(var)}
         if name in ds.data_vars:
