@@ -45,7 +45,9 @@ def test_lazy_mapping_matches_kernel_and_count_reads_the_result() -> None:
     rng = np.random.default_rng(0)
     sample = rng.uniform(-5, 100, (2, 3, 8, 8))
     flat = rng.uniform(50, 100, (1, 3, 8, 8))
-    lazy = lazy_absorbance(da.from_array(sample, chunks=(1, 1, 8, 8)), da.from_array(flat, chunks=(1, 1, 8, 8)))
+    lazy = lazy_absorbance(
+        da.from_array(sample, chunks=(1, 1, 8, 8)), da.from_array(flat, chunks=(1, 1, 8, 8))
+    )
     expected, n = absorbance(sample, flat)
     np.testing.assert_array_equal(lazy.compute(), expected)
     assert n > 0

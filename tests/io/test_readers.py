@@ -29,7 +29,7 @@ def stack() -> np.ndarray:
 
 
 def test_tiff_reads_few_pages_per_task(tmp_path: Path, stack: np.ndarray) -> None:
-    tifffile.imwrite(tmp_path / "v.tif", stack, description="beamline 2-BM, 25 keV")
+    tifffile.imwrite(tmp_path / "v.tif", stack, description="beamline 2-BM, 25 keV", photometric="minisblack")
     frames = read_tiff(tmp_path / "v.tif", frames=5)
     assert isinstance(frames.data, da.Array)
     assert frames.data.chunks[0] == (5, 5, 2)
@@ -40,15 +40,19 @@ def test_tiff_reads_few_pages_per_task(tmp_path: Path, stack: np.ndarray) -> Non
 
 def test_folder_of_slices_is_naturally_sorted(tmp_path: Path, stack: np.ndarray) -> None:
     for i, frame in enumerate(stack):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", frame)
-    assert [p.name for p in sorted(tmp_path.iterdir(), key=natural_key)][:3] == ["im0.tif", "im1.tif", "im2.tif"]
+        tifffile.imwrite(tmp_path / f"im{i}.tif", frame, photometric="minisblack")
+    assert [p.name for p in sorted(tmp_path.iterdir(), key=natural_key)][:3] == [
+        "im0.tif",
+        "im1.tif",
+        "im2.tif",
+    ]
     np.testing.assert_array_equal(open_frames(tmp_path).data.compute(), stack)
 
 
 def test_folder_slice_of_other_shape(tmp_path: Path, stack: np.ndarray) -> None:
     for i, frame in enumerate(stack[:3]):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", frame)
-    tifffile.imwrite(tmp_path / "im10.tif", stack[0, :8])
+        tifffile.imwrite(tmp_path / f"im{i}.tif", frame, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "im10.tif", stack[0, :8], photometric="minisblack")
     with pytest.raises(ShapeMismatchError, match=r"im10\.tif: slice is \(8, 20\)"):
         open_frames(tmp_path)
 
@@ -71,7 +75,9 @@ def test_hdf5_npy_zarr(tmp_path: Path, stack: np.ndarray) -> None:
 def test_hdf5_missing_dataset(tmp_path: Path, stack: np.ndarray) -> None:
     with h5py.File(tmp_path / "s.h5", "w") as fh:
         fh["a"], fh["b"] = stack, stack
-    with pytest.raises(InputNotFoundError, match=r"s\.h5: no dataset '/nope' in the file \(datasets: /a, /b\)"):
+    with pytest.raises(
+        InputNotFoundError, match=r"s\.h5: no dataset '/nope' in the file \(datasets: /a, /b\)"
+    ):
         open_frames(tmp_path / "s.h5", dataset_path="/nope")
     with pytest.raises(InputNotFoundError, match="2 candidate image datasets"):
         open_frames(tmp_path / "s.h5")
@@ -93,7 +99,9 @@ def test_unsupported_dtype(tmp_path: Path, dtype: type) -> None:
     arr = np.zeros((2, 3, 4), dtype=dtype)
     with h5py.File(tmp_path / "s.h5", "w") as fh:
         if dtype is object:
-            fh.create_dataset("d", data=np.array(["a"] * 24, dtype=object).reshape(2, 3, 4), dtype=h5py.string_dtype())
+            fh.create_dataset(
+                "d", data=np.array(["a"] * 24, dtype=object).reshape(2, 3, 4), dtype=h5py.string_dtype()
+            )
         else:
             fh["d"] = arr
     with pytest.raises(UnsupportedDtypeError, match=r"s\.h5:/d: data type .* cannot be ingested"):
@@ -114,10 +122,13 @@ def test_npy_object_and_truncated(tmp_path: Path, stack: np.ndarray) -> None:
 @pytest.mark.parametrize("keep", [0.5, 0.97])
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_truncated_tiff(tmp_path: Path, stack: np.ndarray, keep: float, compression: str | None) -> None:
-    tifffile.imwrite(tmp_path / "v.tif", stack, compression=compression)
+    tifffile.imwrite(tmp_path / "v.tif", stack, compression=compression, photometric="minisblack")
     data = (tmp_path / "v.tif").read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(TruncatedFileError, match=r"cut\.tif: .*(past the file end|cannot be read|the file ends).*copy it again"):
+    with pytest.raises(
+        TruncatedFileError,
+        match=r"cut\.tif: .*(past the file end|cannot be read|the file ends).*copy it again",
+    ):
         read_tiff(tmp_path / "cut.tif")
 
 
@@ -126,5 +137,8 @@ def test_non_finite_raises_when_computed(stack: np.ndarray) -> None:
     bad[7, 2, 3] = np.nan
     checked = check_finite(da.from_array(bad, chunks=(4, 16, 20)), "vol.tif")
     checked[:4].compute()  # blocks without NaN pass
-    with pytest.raises(NonFiniteInputError, match=r"vol\.tif: 1 NaN/inf value\(s\) in a block, the first at index \(7, 2, 3\)"):
+    with pytest.raises(
+        NonFiniteInputError,
+        match=r"vol\.tif: 1 NaN/inf value\(s\) in a block, the first at index \(7, 2, 3\)",
+    ):
         checked.compute()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -86,7 +87,8 @@ def check_energies(energies: Sequence[float], where: object) -> np.ndarray:
     if np.any(steps <= 0):
         i = int(np.argmax(steps <= 0))
         raise EnergyOrderError(
-            where, f"energies are not strictly increasing: {energies[i]:g} eV is followed by {energies[i + 1]:g} eV"
+            where,
+            f"energies are not strictly increasing: {energies[i]:g} eV is followed by {energies[i + 1]:g} eV",
         )
     return energies
 
@@ -111,12 +113,16 @@ def build_ct(
     UnsupportedDtypeError, ShapeMismatchError, ConfigError
     """
     if not inputs:
-        raise ConfigError("inputs", "no CT volumes given", remedy="Pass one volume (file or folder) per timestep.")
+        raise ConfigError(
+            "inputs", "no CT volumes given", remedy="Pass one volume (file or folder) per timestep."
+        )
     if not (np.isfinite(voxel_size_um) and voxel_size_um > 0):
         raise ConfigError("--voxel-size", f"voxel size {voxel_size_um} µm must be a positive number")
     if times_min is not None and len(times_min) != len(inputs):
         raise ShapeMismatchError(
-            "--times", f"{len(times_min)} times for {len(inputs)} volumes", remedy="Give one time in minutes per volume."
+            "--times",
+            f"{len(times_min)} times for {len(inputs)} volumes",
+            remedy="Give one time in minutes per volume.",
         )
     volumes = [open_frames(p, dataset_path=dataset_path) for p in inputs]
     _check_same_shape(volumes)
@@ -213,7 +219,9 @@ def build_xanes(
         "source_flat": str(Path(flat).resolve()),
         **({"source_dark": str(Path(dark).resolve())} if dark is not None else {}),
         "flat_per_scan": n_f == n_s * n_e,
-        "pixel_size_source": "file header" if s.pixel_size_um or f.pixel_size_um else "unknown: 1 µm placeholder",
+        "pixel_size_source": "file header"
+        if s.pixel_size_um or f.pixel_size_um
+        else "unknown: 1 µm placeholder",
         **s.attrs,
     }
     return xanes_dataset({"absorbance": absorb}, energies_ev=energies, pixel_size_um=pixel, attrs=attrs)
@@ -266,7 +274,9 @@ def ingest_xanes(
     clipped = count_clipped(da.from_zarr(arr))
     arr.attrs["clipped_pixels"] = clipped
     if clipped:
-        log.warning("%s: %d pixel(s) had a transmission ratio at or below the floor and were clipped", output, clipped)
+        log.warning(
+            "%s: %d pixel(s) had a transmission ratio at or below the floor and were clipped", output, clipped
+        )
     mark_complete(output)
     return output
 
@@ -284,12 +294,18 @@ def _energies(sample: Frames, flat: Frames, given: Sequence[float] | None) -> np
     if given is not None:
         energies = check_energies(given, "energies")
         if own is not None and (own.shape != energies.shape or not np.allclose(own, energies, atol=0.05)):
-            raise EnergyListError(sample.path, f"energies given {energies.tolist()} differ from the file's {own.tolist()}")
+            raise EnergyListError(
+                sample.path, f"energies given {energies.tolist()} differ from the file's {own.tolist()}"
+            )
     else:
         energies = check_energies(own, sample.path)
     theirs = flat.energies_ev
-    if theirs is not None and (theirs.shape != energies.shape or not np.allclose(theirs, energies, atol=0.05)):
-        raise EnergyListError(flat.path, f"flat energies {theirs.tolist()} differ from the sample's {energies.tolist()}")
+    if theirs is not None and (
+        theirs.shape != energies.shape or not np.allclose(theirs, energies, atol=0.05)
+    ):
+        raise EnergyListError(
+            flat.path, f"flat energies {theirs.tolist()} differ from the sample's {energies.tolist()}"
+        )
     return energies
 
 

@@ -64,7 +64,9 @@ def lazy_absorbance(sample: da.Array, flat: da.Array, dark: da.Array | None = No
     args = [sample, da.broadcast_to(flat, sample.shape).rechunk(sample.chunks)]
     if dark is not None:
         args.append(da.broadcast_to(dark, sample.shape).rechunk(sample.chunks))
-    return da.map_blocks(_absorbance_block, *args, dtype=np.float32, meta=np.empty((0,) * sample.ndim, np.float32))
+    return da.map_blocks(
+        _absorbance_block, *args, dtype=np.float32, meta=np.empty((0,) * sample.ndim, np.float32)
+    )
 
 
 def _absorbance_block(sample: np.ndarray, flat: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray:

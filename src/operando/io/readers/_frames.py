@@ -81,7 +81,9 @@ class FrameSource:
         return block[(slice(None), *key[1:])]
 
 
-def frames_per_chunk(frame_shape: tuple[int, ...], dtype: np.dtype, n_frames: int, target_mib: float | None = None) -> int:
+def frames_per_chunk(
+    frame_shape: tuple[int, ...], dtype: np.dtype, n_frames: int, target_mib: float | None = None
+) -> int:
     """Frames per read task so that a task reads about ``chunks.target_mib`` (at least one frame)."""
     target_mib = config.get("chunks.target_mib") if target_mib is None else target_mib
     frame_bytes = max(1, int(np.prod(frame_shape)) * np.dtype(dtype).itemsize)
@@ -142,6 +144,7 @@ def _raise_if_nonfinite(block: np.ndarray, where: str, block_info: dict | None =
         if block_info is not None:
             first = first + np.array([lo for lo, _ in block_info[0]["array-location"]])
         raise NonFiniteInputError(
-            where, f"{int(bad.sum())} NaN/inf value(s) in a block, the first at index {tuple(int(i) for i in first)}"
+            where,
+            f"{int(bad.sum())} NaN/inf value(s) in a block, the first at index {tuple(int(i) for i in first)}",
         )
     return block

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from operando.errors import InputNotFoundError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import FrameSource, Frames, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
 
 __all__ = ["DEFAULT_DATASET", "HDF5_SUFFIXES", "read_hdf5"]
 
@@ -57,7 +57,9 @@ def read_hdf5(path: str | Path, dataset_path: str | None = None, *, frames: int 
                 remedy="Pass the dataset path, e.g. --dataset-path /exchange/data.",
             )
         if dset.ndim not in (2, 3):
-            raise UnsupportedFormatError(path, f"dataset {name!r} has shape {dset.shape}; a 2D frame or 3D stack is needed")
+            raise UnsupportedFormatError(
+                path, f"dataset {name!r} has shape {dset.shape}; a 2D frame or 3D stack is needed"
+            )
         shape = dset.shape if dset.ndim == 3 else (1, *dset.shape)
         dtype = check_dtype(dset.dtype, f"{path}:{name}")
         attrs = {"hdf5:dataset": dset.name, **_attrs(fh.attrs, "hdf5:"), **_attrs(dset.attrs, "hdf5:data:")}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from operando.errors import TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import FrameSource, Frames, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
 
 __all__ = ["read_npy"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 
 from operando.errors import ShapeMismatchError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import FrameSource, Frames, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
 
 __all__ = ["TIFF_SUFFIXES", "natural_key", "read_tiff", "read_tiff_folder"]
 
@@ -115,13 +115,15 @@ def _open(path: Path) -> tifffile.TiffFile:
 
 
 def _frame_stack_shape(series: tifffile.TiffPageSeries, path: Path) -> tuple[int, int, int]:
-    page_shape = series.keyframe.shape
-    if len(page_shape) != 2:
+    # Separate sample planes (axes "SYX", how tifffile stores a 3- or 4-slice stack
+    # without photometric) are frames; interleaved colour ("YXS") is not.
+    if series.axes.endswith("S") or len(series.shape) < 2:
         raise UnsupportedFormatError(
-            path, f"TIFF pages have shape {page_shape}; only 2D grey-scale pages (one per frame) are read"
+            path,
+            f"TIFF holds {series.shape} {series.axes} data; only grey-scale frames (one per page) are read",
         )
     n = int(np.prod(series.shape[:-2], dtype=np.int64))
-    return (n, *page_shape)
+    return (n, *series.shape[-2:])
 
 
 def _check_whole(tf: tifffile.TiffFile, path: Path) -> None:
@@ -135,7 +137,8 @@ def _check_whole(tf: tifffile.TiffFile, path: Path) -> None:
     next_ifd = struct.unpack(tf.tiff.offsetformat, raw)[0]
     if next_ifd:
         raise TruncatedFileError(
-            path, f"the page chain breaks after page {n}: the next page is at byte {next_ifd}, past the file end ({fh.size} bytes)"
+            path,
+            f"the page chain breaks after page {n}: the next page is at byte {next_ifd}, past the file end ({fh.size} bytes)",
         )
     series = tf.series[0]
     expected = int(np.prod(series.shape[:-2], dtype=np.int64))
@@ -151,10 +154,12 @@ def _check_whole(tf: tifffile.TiffFile, path: Path) -> None:
 
 def _read_pages(path: Path, start: int, stop: int) -> np.ndarray:
     with tifffile.TiffFile(path) as tf:
-        shape = tf.series[0].keyframe.shape
-        if stop <= start:
-            return np.empty((0, *shape), tf.series[0].dtype)
-        return tf.asarray(key=range(start, stop), series=0).reshape(stop - start, *shape)
+        series = tf.series[0]
+        (n, y, x) = _frame_stack_shape(series, path)
+        if len(series.pages) == n:
+            return tf.asarray(key=range(start, stop), series=0).reshape(stop - start, y, x)
+        # Not one page per frame (e.g. a tiny volume written as one page): read it whole.
+        return series.asarray().reshape(n, y, x)[start:stop]
 
 
 def _read_slices(folder: Path, start: int, stop: int) -> np.ndarray:

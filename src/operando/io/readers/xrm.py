@@ -23,7 +23,7 @@ import numpy as np
 import olefile
 
 from operando.errors import FrameCountError, ShapeMismatchError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import FrameSource, Frames, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, lazy_frames
 from operando.io.readers.tiff import natural_key
 
 __all__ = ["XRM_SUFFIXES", "XrmHeader", "is_reference", "read_xrm", "read_xrm_folder", "read_xrm_header"]
@@ -79,7 +79,9 @@ def read_xrm_header(path: str | Path) -> XrmHeader:
     except OSError as err:
         raise TruncatedFileError(path, f"OLE directory cannot be read ({err})") from err
     with ole:
-        width, height, code = (_scalar(ole, f"ImageInfo/{n}", "<i4", path) for n in ("ImageWidth", "ImageHeight", "DataType"))
+        width, height, code = (
+            _scalar(ole, f"ImageInfo/{n}", "<i4", path) for n in ("ImageWidth", "ImageHeight", "DataType")
+        )
         if code not in _DTYPES:
             raise UnsupportedFormatError(path, f"ImageInfo/DataType {code} is not 5 (uint16) or 10 (float32)")
         n = max(1, _scalar(ole, "ImageInfo/ImagesTaken", "<i4", path, default=1))
@@ -129,7 +131,11 @@ def read_xrm_folder(folder: str | Path, *, reference: bool) -> Frames:
     files = [p for p in folder.iterdir() if p.suffix.lower() in XRM_SUFFIXES and is_reference(p) == reference]
     kind = "reference (_ref_)" if reference else "sample (no _ref_)"
     if not files:
-        raise FrameCountError(folder, f"no {kind} .xrm files in the folder", remedy="Check the folder, or pass the files' folder for --flat.")
+        raise FrameCountError(
+            folder,
+            f"no {kind} .xrm files in the folder",
+            remedy="Check the folder, or pass the files' folder for --flat.",
+        )
     headers = [read_xrm_header(p) for p in sorted(files, key=natural_key)]
     groups = _group(headers, folder)
     scans = sorted({s for s, _ in groups})
@@ -145,7 +151,9 @@ def read_xrm_folder(folder: str | Path, *, reference: bool) -> Frames:
         "xrm:files": [h.path.name for h in headers],
         "xrm:exposure_s": first.exposure_s,
     }
-    return Frames(da.stack(frames), folder, attrs, np.asarray(energies, dtype=np.float64), first.pixel_size_um)
+    return Frames(
+        da.stack(frames), folder, attrs, np.asarray(energies, dtype=np.float64), first.pixel_size_um
+    )
 
 
 def _group(headers: Iterable[XrmHeader], folder: Path) -> dict[tuple[int, float], list[XrmHeader]]:
@@ -154,18 +162,26 @@ def _group(headers: Iterable[XrmHeader], folder: Path) -> dict[tuple[int, float]
     for h in headers:
         first = first or h
         if h.shape[1:] != first.shape[1:]:
-            raise ShapeMismatchError(h.path, f"frames are {h.shape[1:]}, but {first.path.name} has {first.shape[1:]}")
+            raise ShapeMismatchError(
+                h.path, f"frames are {h.shape[1:]}, but {first.path.name} has {first.shape[1:]}"
+            )
         if h.shape[0] != 1:
-            raise UnsupportedFormatError(h.path, f"holds {h.shape[0]} images; folders of single-image .xrm files are read")
+            raise UnsupportedFormatError(
+                h.path, f"holds {h.shape[0]} images; folders of single-image .xrm files are read"
+            )
         if np.isnan(h.energies_ev[0]):
-            raise UnsupportedFormatError(h.path, "energy is 0 in the header and not in the file name (e.g. _08324.0_eV_)")
+            raise UnsupportedFormatError(
+                h.path, "energy is 0 in the header and not in the file name (e.g. _08324.0_eV_)"
+            )
         groups[h.scan, round(float(h.energies_ev[0]), 3)].append(h)
     return groups
 
 
 def _mean_frame(headers: Sequence[XrmHeader]) -> da.Array:
     """Lazy float32 mean of repeated frames (Y, X)."""
-    stack = da.concatenate([lazy_frames(FrameSource(h.path, h.shape, h.dtype, _read_images), frames=1) for h in headers])
+    stack = da.concatenate(
+        [lazy_frames(FrameSource(h.path, h.shape, h.dtype, _read_images), frames=1) for h in headers]
+    )
     return stack.mean(axis=0, dtype=np.float32)
 
 
@@ -183,7 +199,9 @@ def _check_images(ole: olefile.OleFileIO, path: Path, n: int, nbytes: int) -> No
     for i in range(n):
         name = _stream(i)
         if not ole.exists(name):
-            raise TruncatedFileError(path, f"image stream {name} is missing (the header promises {n} image(s))")
+            raise TruncatedFileError(
+                path, f"image stream {name} is missing (the header promises {n} image(s))"
+            )
         if ole.get_size(name) < nbytes or size < _OLE_HEADER_BYTES + (i + 1) * nbytes:
             raise TruncatedFileError(
                 path, f"file is {size} bytes, too short for {i + 1} image(s) of {nbytes} bytes ({name})"

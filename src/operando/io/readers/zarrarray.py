@@ -46,11 +46,15 @@ def read_zarr(path: str | Path, array_path: str | None = None) -> Frames:
     if not isinstance(node, zarr.Array):
         names = ", ".join(sorted(node.array_keys())) or "none"
         raise InputNotFoundError(
-            path, f"is a zarr group, not an array (arrays: {names})", remedy="Append the array name, e.g. cell.zarr/intensity."
+            path,
+            f"is a zarr group, not an array (arrays: {names})",
+            remedy="Append the array name, e.g. cell.zarr/intensity.",
         )
     check_dtype(node.dtype, path)
     if node.ndim not in (2, 3):
-        raise UnsupportedFormatError(path, f"zarr array has shape {node.shape}; a 2D frame or 3D stack is needed")
+        raise UnsupportedFormatError(
+            path, f"zarr array has shape {node.shape}; a 2D frame or 3D stack is needed"
+        )
     data = da.from_zarr(str(store), component=inner)
     data = data if data.ndim == 3 else data[None]
     attrs = {f"zarr:{k}": v for k, v in node.attrs.items() if isinstance(v, str | int | float | bool)}
