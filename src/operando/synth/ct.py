@@ -393,6 +393,8 @@ def make_ct(
         Reference-frame ``labels`` and the parameters behind them (see :func:`_truth`).
     """
     shape = tuple(int(n) for n in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"shape must be four positive lengths (T, Z, Y, X), got {shape}")
     t = shape[0]
     times = np.linspace(0.0, 240.0, t) if times_min is None else np.asarray(times_min, dtype=np.float64)
     if times.shape != (t,) or np.any(np.diff(times) <= 0):

@@ -461,6 +461,8 @@ def make_xanes(
         See :func:`_truth`.
     """
     shape = tuple(int(n) for n in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"shape must be four positive lengths (S, E, Y, X), got {shape}")
     energies = (
         default_energies(shape[1]) if energies_ev is None else np.asarray(energies_ev, dtype=np.float64)
     )
