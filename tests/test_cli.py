@@ -16,7 +16,7 @@ from operando.io.store import COMPLETE_ATTR, open_dataset
 
 
 def _volume(path: Path, shape: tuple[int, ...] = (4, 6, 5), dtype: str = "uint16") -> Path:
-    tifffile.imwrite(path, np.arange(np.prod(shape), dtype=dtype).reshape(shape))
+    tifffile.imwrite(path, np.arange(np.prod(shape), dtype=dtype).reshape(shape), photometric="minisblack")
     return path
 
 

@@ -189,7 +189,7 @@ def test_xanes_bad_inputs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ingest_peak_memory_is_far_below_input_size(tmp_path: Path) -> None:
-    """A 400 MB TIFF streams through with chunks of 8 MiB: peak RSS grows by a fraction of it."""
+    """A 400 MB TIFF streams through 8 MiB chunks: peak RSS grows by a small fraction of it."""
     frames, shape = 800, (512, 512)
     with tifffile.TiffWriter(tmp_path / "big.tif") as tw:
         for i in range(frames):
@@ -209,7 +209,8 @@ print(json.dumps({{"growth": (after - before) * 1024}}))
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     growth = json.loads(done.stdout.strip().splitlines()[-1])["growth"]
-    assert growth < 0.75 * size, (
+    # Measured 67 MiB of growth for this 400 MB input (it was 240 MiB before windowed reads).
+    assert growth < 0.3 * size, (
         f"peak RSS grew by {growth / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB input"
     )
     assert int(open_dataset(tmp_path / "o.zarr").intensity[0, 799, 0, 0]) == 799

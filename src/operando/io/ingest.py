@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from operando.config import config
 from operando.errors import (
     ConfigError,
     EnergyListError,
@@ -39,7 +40,8 @@ from operando.errors import (
     InputNotFoundError,
     ShapeMismatchError,
 )
-from operando.io.layout import ct_dataset, xanes_dataset
+from operando.io.chunking import choose_chunks
+from operando.io.layout import CT_DIMS, XANES_DIMS, ct_dataset, xanes_dataset
 from operando.io.readers import Frames, check_finite, is_xrm_folder, open_frames, read_xrm_folder
 from operando.io.store import mark_complete, prepare_output, write_dataset
 from operando.io.xanes import count_clipped, lazy_absorbance
@@ -126,7 +128,9 @@ def build_ct(
         )
     volumes = [open_frames(p, dataset_path=dataset_path) for p in inputs]
     _check_same_shape(volumes)
-    data = da.stack([check_finite(v.data, v.path) for v in volumes])
+    # Read in the output's own chunks: each task reads one chunk's window, no rechunk.
+    (_, *chunks) = _policy_chunks((len(volumes), *volumes[0].data.shape), volumes[0].data.dtype, CT_DIMS)
+    data = da.stack([check_finite(v.with_chunks(tuple(chunks)).data, v.path) for v in volumes])
     attrs = {
         "source_files": [str(Path(v.path).resolve()) for v in volumes],
         "voxel_size_um": float(voxel_size_um),
@@ -210,8 +214,11 @@ def build_xanes(
         dark_frame = check_finite(d.data, d.path).mean(axis=0, dtype=np.float32)
     _check_same_shape(frames, what="frames")
     y, x = s.data.shape[1:]
-    stack = check_finite(s.data, s.path).rechunk({0: 1}).reshape(n_s, n_e, y, x)
-    flats = check_finite(f.data, f.path).rechunk({0: 1}).reshape(n_f // n_e, n_e, y, x)
+    # One frame per read task, cropped to the output's y/x tile: the reshape to
+    # (scan, energy) is then free and a task never holds more than its tile.
+    (*_, cy, cx) = _policy_chunks((n_s, n_e, y, x), np.float32, XANES_DIMS)
+    stack = check_finite(s.with_chunks((1, cy, cx)).data, s.path).reshape(n_s, n_e, y, x)
+    flats = check_finite(f.with_chunks((1, cy, cx)).data, f.path).reshape(n_f // n_e, n_e, y, x)
     absorb = lazy_absorbance(stack, flats, dark_frame)
     pixel = s.pixel_size_um or f.pixel_size_um or 1.0
     attrs = {
@@ -316,6 +323,18 @@ def _scan_count(sample: Frames, n_energies: int, scans: int | None) -> int:
     if scans is not None and scans * n_energies != n:
         raise FrameCountError(sample.path, f"{n} frames is not {scans} scans × {n_energies} energies")
     return n // n_energies
+
+
+def _policy_chunks(
+    shape: tuple[int, ...], dtype: np.typing.DTypeLike, dims: Sequence[str]
+) -> tuple[int, ...]:
+    return choose_chunks(
+        shape,
+        dtype,
+        dims,
+        target_mib=config.get("chunks.target_mib"),
+        energy_chunk=config.get("chunks.energy"),
+    )
 
 
 def _check_same_shape(frames: Sequence[Frames], what: str = "volumes") -> None:

@@ -1,7 +1,9 @@
 """Lazy frame stacks shared by every reader: one dask task reads a few frames.
 
 A reader describes its file by a :class:`FrameSource` (path, shape, dtype and a
-module-level function that reads frames ``start:stop``). The source holds no open
+module-level function that reads frames ``start:stop`` cropped to a ``(y, x)``
+window). A task reads only its own window, frame by frame, so a chunk of the output
+costs one chunk of memory, never a whole slab of frames. The source holds no open
 file handle, so it pickles to distributed workers and every task opens the file
 itself; nothing is read until a chunk is computed.
 """
@@ -9,7 +11,7 @@ itself; nothing is read until a chunk is computed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ __all__ = ["FrameSource", "Frames", "check_dtype", "check_finite", "frames_per_c
 # Integer and real float data only: bool masks, complex and object arrays are not images.
 _SUPPORTED_KINDS = frozenset("uif")
 
-ReadFn = Callable[[Path, int, int], np.ndarray]
+Window = tuple[slice, slice]
+ReadFn = Callable[[Path, int, int, Window], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,23 @@ class Frames:
     attrs: dict[str, Any] = field(default_factory=dict)
     energies_ev: np.ndarray | None = None
     pixel_size_um: float | None = None
+    source: FrameSource | None = None
+
+    def with_chunks(self, chunks: tuple[int, int, int]) -> Frames:
+        """The same frames with dask chunks ``chunks``, each task reading only its window."""
+        if self.source is None:
+            data = self.data.rechunk(chunks)
+        else:
+            data = lazy_frames(self.source, chunks=chunks)
+        return replace(self, data=data)
 
 
 @dataclass(frozen=True)
 class FrameSource:
     """Array-like view of a frame stack on disk for :func:`dask.array.from_array`.
 
-    ``read(path, start, stop)`` returns frames ``start:stop`` as an array of shape
-    ``(stop - start, *shape[1:])``.
+    ``read(path, start, stop, window)`` returns frames ``start:stop`` cropped to
+    ``window`` (a ``(y, x)`` pair of slices with steps of 1).
     """
 
     path: Path
@@ -77,8 +89,17 @@ class FrameSource:
             i = int(first) % self.shape[0]
             return self[(slice(i, i + 1), *key[1:])][0]
         start, stop, step = first.indices(self.shape[0])
-        block = self.read(self.path, start, max(start, stop))[::step]
-        return block[(slice(None), *key[1:])]
+        window, rest = _window(key[1:], self.shape[1:])
+        block = self.read(self.path, start, max(start, stop), window)[::step]
+        return block[(slice(None), *rest)]
+
+
+def _window(key: tuple[Any, ...], frame_shape: tuple[int, ...]) -> tuple[Window, tuple[Any, ...]]:
+    """Split a frame key into contiguous slices to read and what to apply after."""
+    key = key + (slice(None),) * (len(frame_shape) - len(key))
+    if all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, frame_shape, strict=True)), ()
+    return (slice(None), slice(None)), key
 
 
 def frames_per_chunk(
@@ -90,23 +111,28 @@ def frames_per_chunk(
     return int(np.clip(target_mib * 2**20 // frame_bytes, 1, max(1, n_frames)))
 
 
-def lazy_frames(source: FrameSource, *, frames: int | None = None) -> da.Array:
-    """Dask array over ``source`` with chunks of ``frames`` whole frames.
+def lazy_frames(
+    source: FrameSource, *, frames: int | None = None, chunks: tuple[int, ...] | None = None
+) -> da.Array:
+    """Dask array over ``source``, chunked by ``chunks`` or by ``frames`` whole frames.
 
     Parameters
     ----------
     source : FrameSource
-        Shape (N, ...) description of the file.
+        Shape (N, Y, X) description of the file.
     frames : int, optional
-        Frames per chunk (default from :func:`frames_per_chunk`).
+        Whole frames per chunk (default from :func:`frames_per_chunk`).
+    chunks : tuple of int, optional
+        Full chunk shape ``(frames, y, x)``; overrides ``frames``.
     """
     k = frames or frames_per_chunk(source.shape[1:], source.dtype, source.shape[0])
+    chunks = chunks or (k, *source.shape[1:])
     path = Path(source.path)
     mtime = path.stat().st_mtime_ns if path.exists() else 0
     name = f"read-{path.name}-{tokenize(str(path), mtime, source.shape, source.dtype.str, getattr(source.read, '__qualname__', None) or repr(source.read))}"
     return da.from_array(
         source,
-        chunks=(k, *source.shape[1:]),
+        chunks=chunks,
         name=name,
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
     )

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from operando.errors import InputNotFoundError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, Window, check_dtype, lazy_frames
 
 __all__ = ["DEFAULT_DATASET", "HDF5_SUFFIXES", "read_hdf5"]
 
@@ -64,11 +64,11 @@ def read_hdf5(path: str | Path, dataset_path: str | None = None, *, frames: int 
         dtype = check_dtype(dset.dtype, f"{path}:{name}")
         attrs = {"hdf5:dataset": dset.name, **_attrs(fh.attrs, "hdf5:"), **_attrs(dset.attrs, "hdf5:data:")}
     source = FrameSource(path, shape, dtype, _Reader(name))
-    return Frames(lazy_frames(source, frames=frames), path, attrs)
+    return Frames(lazy_frames(source, frames=frames), path, attrs, source=source)
 
 
 class _Reader:
-    """Picklable ``read(path, start, stop)`` for one dataset."""
+    """Picklable ``read(path, start, stop, window)`` for one dataset."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -76,10 +76,11 @@ class _Reader:
     def __repr__(self) -> str:
         return f"hdf5-dataset:{self.name}"
 
-    def __call__(self, path: Path, start: int, stop: int) -> np.ndarray:
+    def __call__(self, path: Path, start: int, stop: int, window: Window) -> np.ndarray:
         with h5py.File(path, "r") as fh:
             dset = fh[self.name]
-            return dset[start:stop] if dset.ndim == 3 else dset[()][None][start:stop]
+            # h5py reads only the hyperslab.
+            return dset[(slice(start, stop), *window)] if dset.ndim == 3 else dset[window][None][start:stop]
 
 
 def _datasets(fh: h5py.File) -> list[str]:

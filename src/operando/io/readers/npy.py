@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from operando.errors import TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, Window, check_dtype, lazy_frames
 
 __all__ = ["read_npy"]
 
@@ -26,7 +26,7 @@ def read_npy(path: str | Path, *, frames: int | None = None) -> Frames:
         raise UnsupportedFormatError(path, f"array has shape {arr.shape}; a 2D frame or 3D stack is needed")
     shape = arr.shape if arr.ndim == 3 else (1, *arr.shape)
     source = FrameSource(path, shape, dtype, _read_frames)
-    return Frames(lazy_frames(source, frames=frames), path, {})
+    return Frames(lazy_frames(source, frames=frames), path, {}, source=source)
 
 
 def _mmap(path: Path) -> np.ndarray:
@@ -41,8 +41,8 @@ def _mmap(path: Path) -> np.ndarray:
         raise UnsupportedFormatError(path, f"not a readable .npy file ({err})") from err
 
 
-def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
+def _read_frames(path: Path, start: int, stop: int, window: Window) -> np.ndarray:
     arr = np.load(path, mmap_mode="r")
     arr = arr if arr.ndim == 3 else arr[None]
     # Copy out of the map so the block does not keep the file mapped.
-    return np.array(arr[start:stop])
+    return np.array(arr[(slice(start, stop), *window)])

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 
 from operando.errors import ShapeMismatchError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import Frames, FrameSource, check_dtype, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, Window, check_dtype, lazy_frames
 
 __all__ = ["TIFF_SUFFIXES", "natural_key", "read_tiff", "read_tiff_folder"]
 
@@ -52,7 +52,7 @@ def read_tiff(path: str | Path, *, frames: int | None = None) -> Frames:
         _check_whole(tf, path)
         attrs = tiff_metadata(tf)
     source = FrameSource(path, shape, dtype, _read_pages)
-    return Frames(lazy_frames(source, frames=frames), path, attrs)
+    return Frames(lazy_frames(source, frames=frames), path, attrs, source=source)
 
 
 def read_tiff_folder(folder: str | Path, *, frames: int | None = None) -> Frames:
@@ -78,7 +78,7 @@ def read_tiff_folder(folder: str | Path, *, frames: int | None = None) -> Frames
             _check_whole(tf, f)
     source = FrameSource(folder, (len(files), *first.data.shape[1:]), first.data.dtype, _read_slices)
     attrs = {**first.attrs, "tiff:slices": len(files)}
-    return Frames(lazy_frames(source, frames=frames), folder, attrs)
+    return Frames(lazy_frames(source, frames=frames), folder, attrs, source=source)
 
 
 def tiff_metadata(tf: tifffile.TiffFile) -> dict[str, Any]:
@@ -152,16 +152,34 @@ def _check_whole(tf: tifffile.TiffFile, path: Path) -> None:
         raise TruncatedFileError(path, f"image data ends at byte {end}, past the file end ({fh.size} bytes)")
 
 
-def _read_pages(path: Path, start: int, stop: int) -> np.ndarray:
+def _read_pages(path: Path, start: int, stop: int, window: Window) -> np.ndarray:
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
         (n, y, x) = _frame_stack_shape(series, path)
-        if len(series.pages) == n:
-            return tf.asarray(key=range(start, stop), series=0).reshape(stop - start, y, x)
-        # Not one page per frame (e.g. a tiny volume written as one page): read it whole.
-        return series.asarray().reshape(n, y, x)[start:stop]
+        if len(series.pages) != n:
+            # Not one page per frame (e.g. a tiny volume written as one page): read it whole.
+            return series.asarray().reshape(n, y, x)[start:stop][(slice(None), *window)]
+        return np.stack([_read_window(series.pages[i], window) for i in range(start, stop)])
 
 
-def _read_slices(folder: Path, start: int, stop: int) -> np.ndarray:
+def _read_slices(folder: Path, start: int, stop: int, window: Window) -> np.ndarray:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES), key=natural_key)
-    return np.stack([tifffile.imread(f) for f in files[start:stop]])
+    out = []
+    for f in files[start:stop]:
+        with tifffile.TiffFile(f) as tf:
+            out.append(_read_window(tf.pages.first, window))
+    return np.stack(out)
+
+
+def _read_window(page: tifffile.TiffPage, window: Window) -> np.ndarray:
+    """One page cropped to ``window``; uncompressed pages read only the window's bytes."""
+    if page.is_memmappable:
+        mapped = np.memmap(
+            page.parent.filehandle.path,
+            dtype=page.dtype.newbyteorder(page.parent.byteorder),
+            mode="r",
+            offset=page.dataoffsets[0],
+            shape=page.shape[-2:],
+        )
+        return np.array(mapped[window], dtype=page.dtype)
+    return page.asarray().reshape(page.shape[-2:])[window]

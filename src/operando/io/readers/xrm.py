@@ -23,7 +23,7 @@ import numpy as np
 import olefile
 
 from operando.errors import FrameCountError, ShapeMismatchError, TruncatedFileError, UnsupportedFormatError
-from operando.io.readers._frames import Frames, FrameSource, lazy_frames
+from operando.io.readers._frames import Frames, FrameSource, Window, lazy_frames
 from operando.io.readers.tiff import natural_key
 
 __all__ = ["XRM_SUFFIXES", "XrmHeader", "is_reference", "read_xrm", "read_xrm_folder", "read_xrm_header"]
@@ -102,7 +102,9 @@ def read_xrm(path: str | Path) -> Frames:
     header = read_xrm_header(path)
     source = FrameSource(header.path, header.shape, header.dtype, _read_images)
     attrs = {"xrm:exposure_s": header.exposure_s, "xrm:pixel_size_um": header.pixel_size_um}
-    return Frames(lazy_frames(source, frames=1), header.path, attrs, header.energies_ev, header.pixel_size_um)
+    return Frames(
+        lazy_frames(source, frames=1), header.path, attrs, header.energies_ev, header.pixel_size_um, source
+    )
 
 
 def read_xrm_folder(folder: str | Path, *, reference: bool) -> Frames:
@@ -221,15 +223,15 @@ def _scalar(ole: olefile.OleFileIO, name: str, fmt: str, path: Path, default: fl
     return values[0].item() if values.size else default
 
 
-def _read_images(path: Path, start: int, stop: int) -> np.ndarray:
+def _read_images(path: Path, start: int, stop: int, window: Window) -> np.ndarray:
     header = read_xrm_header(path)
     _, height, width = header.shape
     nbytes = height * width * header.dtype.itemsize
-    out = np.empty((stop - start, height, width), header.dtype)
+    out = []
     with olefile.OleFileIO(str(path)) as ole:
-        for j, i in enumerate(range(start, stop)):
+        for i in range(start, stop):
             raw = ole.openstream(_stream(i)).read()
             if len(raw) < nbytes:
                 raise TruncatedFileError(path, f"{_stream(i)} holds {len(raw)} of {nbytes} bytes")
-            out[j] = np.frombuffer(raw[:nbytes], header.dtype).reshape(height, width)
-    return out
+            out.append(np.frombuffer(raw[:nbytes], header.dtype).reshape(height, width)[window])
+    return np.stack(out) if out else np.empty((0, *header.shape[1:]), header.dtype)[(slice(None), *window)]
