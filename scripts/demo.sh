@@ -15,7 +15,7 @@ echo "== synthesize a TXM-XANES stack (raw sample/flat/dark TIFFs + truth)"
 operando synth xanes --format tiff -o "$out/xanes_raw"
 echo "== ingest it"
 operando ingest xanes --sample "$out/xanes_raw/sample.tif" --flat "$out/xanes_raw/flat.tif" \
-    --dark "$out/xanes_raw/dark.tif" --energies "$out/xanes_raw/energies.txt" -o "$out/stack.zarr"
+    --dark "$out/xanes_raw/dark.tif" --energies "$out/xanes_raw/energies.txt" --pixel-size 0.03 -o "$out/stack.zarr"
 
 echo
 operando info "$out/cell.zarr"

@@ -91,6 +91,7 @@ def _add_ingest(verbs: argparse._SubParsersAction) -> None:
         "--energies", type=Path, help="text file, one energy in eV per line (not needed for .xrm)"
     )
     xanes.add_argument("--scans", type=int, help="number of scans (default: frames / energies)")
+    xanes.add_argument("--pixel-size", type=float, help="pixel size in µm (not needed for .xrm)")
     _add_common_ingest(xanes)
     xanes.set_defaults(run=_run_ingest_xanes)
 
@@ -170,6 +171,7 @@ def _run_ingest_xanes(args: argparse.Namespace) -> None:
         energies_ev=None if args.energies is None else read_energies(args.energies),
         dark=args.dark,
         scans=args.scans,
+        pixel_size_um=args.pixel_size,
         dataset_path=args.dataset_path,
         overwrite=args.overwrite,
     )

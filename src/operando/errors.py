@@ -18,6 +18,7 @@ from functools import partial
 __all__ = [
     "ConfigError",
     "DatasetLayoutError",
+    "EnergyListError",
     "EnergyOrderError",
     "FrameCountError",
     "IncompleteDatasetError",

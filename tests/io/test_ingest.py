@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from operando.errors import (
+    ConfigError,
     EnergyListError,
     EnergyOrderError,
     FrameCountError,
@@ -141,12 +142,13 @@ def _xanes_files(tmp_path: Path, scans: int, energies: int) -> tuple[np.ndarray,
 def test_xanes_tiff_with_shared_flat_and_dark(tmp_path: Path) -> None:
     a, s, f, d = _xanes_files(tmp_path, scans=2, energies=3)
     energies = [8330.0, 8340.0, 8350.0]
-    out = ingest_xanes(s, f, tmp_path / "x.zarr", energies_ev=energies, dark=d, scans=2)
+    out = ingest_xanes(s, f, tmp_path / "x.zarr", energies_ev=energies, dark=d, scans=2, pixel_size_um=0.03)
     ds = open_dataset(out)
     assert ds.absorbance.dims == ("scan", "energy", "y", "x") and ds.absorbance.dtype == np.float32
     np.testing.assert_allclose(ds.absorbance.values, a, atol=1e-4)
     np.testing.assert_array_equal(ds.energy.values, energies)
     assert ds.energy.attrs["units"] == "eV"
+    assert ds.x.attrs["units"] == "µm" and ds.x.values[1] == pytest.approx(0.03)
     assert ds.absorbance.attrs["clipped_pixels"] == 0
 
 
@@ -157,7 +159,9 @@ def test_xanes_clipped_pixels_are_counted(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "s.tif", sample, photometric="minisblack")
     tifffile.imwrite(tmp_path / "f.tif", flat, photometric="minisblack")
     ds = open_dataset(
-        ingest_xanes(tmp_path / "s.tif", tmp_path / "f.tif", tmp_path / "x.zarr", energies_ev=[1, 2])
+        ingest_xanes(
+            tmp_path / "s.tif", tmp_path / "f.tif", tmp_path / "x.zarr", energies_ev=[1, 2], pixel_size_um=1
+        )
     )
     assert ds.absorbance.attrs["clipped_pixels"] == 8
 
@@ -184,6 +188,12 @@ def test_xanes_bad_inputs(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "small.tif", np.ones((3, 5, 5), np.float32), photometric="minisblack")
     with pytest.raises(ShapeMismatchError, match=r"small\.tif: frames of shape \(3, 5, 5\) differ"):
         ingest_xanes(s, tmp_path / "small.tif", out, energies_ev=[1, 2, 3])
+    with pytest.raises(
+        ConfigError, match=r"--pixel-size: .*s\.tif carries no pixel size\. Pass --pixel-size"
+    ):
+        ingest_xanes(s, f, out, energies_ev=[1, 2, 3])
+    with pytest.raises(ConfigError, match=r"--pixel-size: pixel size -1.0 µm must be a positive number"):
+        ingest_xanes(s, f, out, energies_ev=[1, 2, 3], pixel_size_um=-1.0)
     assert not out.exists()
 
 

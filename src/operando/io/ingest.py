@@ -186,6 +186,7 @@ def build_xanes(
     energies_ev: Sequence[float] | None = None,
     dark: PathLike | None = None,
     scans: int | None = None,
+    pixel_size_um: float | None = None,
     dataset_path: str | None = None,
 ) -> xr.Dataset:
     """Lazy XANES dataset ``absorbance`` (scan, energy, y, x); see the module notes.
@@ -220,15 +221,13 @@ def build_xanes(
     stack = check_finite(s.with_chunks((1, cy, cx)).data, s.path).reshape(n_s, n_e, y, x)
     flats = check_finite(f.with_chunks((1, cy, cx)).data, f.path).reshape(n_f // n_e, n_e, y, x)
     absorb = lazy_absorbance(stack, flats, dark_frame)
-    pixel = s.pixel_size_um or f.pixel_size_um or 1.0
+    pixel = _pixel_size(pixel_size_um, s, f)
     attrs = {
         "source_sample": str(Path(sample).resolve()),
         "source_flat": str(Path(flat).resolve()),
         **({"source_dark": str(Path(dark).resolve())} if dark is not None else {}),
         "flat_per_scan": n_f == n_s * n_e,
-        "pixel_size_source": "file header"
-        if s.pixel_size_um or f.pixel_size_um
-        else "unknown: 1 µm placeholder",
+        "pixel_size_source": "given" if pixel_size_um is not None else "file header",
         **s.attrs,
     }
     return xanes_dataset({"absorbance": absorb}, energies_ev=energies, pixel_size_um=pixel, attrs=attrs)
@@ -242,6 +241,7 @@ def ingest_xanes(
     energies_ev: Sequence[float] | None = None,
     dark: PathLike | None = None,
     scans: int | None = None,
+    pixel_size_um: float | None = None,
     dataset_path: str | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -261,6 +261,9 @@ def ingest_xanes(
         Dark frame(s), averaged.
     scans : int, optional, keyword-only
         Number of scans, checked against the frame count.
+    pixel_size_um : float, optional, keyword-only
+        Pixel size in µm; required unless the inputs carry it (Xradia files),
+        and then it overrides the header.
     dataset_path : str, optional, keyword-only
         Dataset inside HDF5 inputs.
     overwrite : bool, keyword-only
@@ -274,7 +277,15 @@ def ingest_xanes(
     """
     inputs = [p for p in (sample, flat, dark) if p is not None]
     _fail_fast(output, overwrite, inputs)
-    ds = build_xanes(sample, flat, energies_ev=energies_ev, dark=dark, scans=scans, dataset_path=dataset_path)
+    ds = build_xanes(
+        sample,
+        flat,
+        energies_ev=energies_ev,
+        dark=dark,
+        scans=scans,
+        pixel_size_um=pixel_size_um,
+        dataset_path=dataset_path,
+    )
     output = write_dataset(ds, output, overwrite=overwrite, complete=False)
     # Counted from the written result, so the inputs are read only once.
     arr = zarr.open_array(str(output), path="absorbance", mode="r+")
@@ -323,6 +334,20 @@ def _scan_count(sample: Frames, n_energies: int, scans: int | None) -> int:
     if scans is not None and scans * n_energies != n:
         raise FrameCountError(sample.path, f"{n} frames is not {scans} scans × {n_energies} energies")
     return n // n_energies
+
+
+def _pixel_size(given: float | None, *frames: Frames) -> float:
+    found = next((f.pixel_size_um for f in frames if f.pixel_size_um), None)
+    size = given if given is not None else found
+    if size is None:
+        raise ConfigError(
+            "--pixel-size",
+            f"{frames[0].path} carries no pixel size",
+            remedy="Pass --pixel-size UM (pixel_size_um=...).",
+        )
+    if not (np.isfinite(size) and size > 0):
+        raise ConfigError("--pixel-size", f"pixel size {size} µm must be a positive number")
+    return float(size)
 
 
 def _policy_chunks(
