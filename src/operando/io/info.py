@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from operando.errors import DatasetLayoutError, InputNotFoundError
-from operando.io.store import COMPLETE_ATTR, missing_chunks
+from operando.io.store import COMPLETE_ATTR, missing_chunks, open_root
 
 __all__ = ["ArraySummary", "DatasetSummary", "describe", "summarize"]
 
@@ -50,11 +49,7 @@ class DatasetSummary:
 def summarize(path: str | Path, *, _group: str | None = None) -> DatasetSummary:
     """Summarize the dataset at ``path`` from its metadata."""
     path = Path(path)
-    if not path.exists():
-        raise InputNotFoundError(path, "no such dataset")
-    if not (path / "zarr.json").is_file():
-        raise DatasetLayoutError(path, "not a zarr v3 store (no zarr.json)")
-    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    root = open_root(path)
     arrays = [_summarize_array(name, arr) for name, arr in sorted(root.arrays())]
     coord_names = {a.name for a in arrays if a.dims == (a.name,)}
     return DatasetSummary(

@@ -41,8 +41,10 @@ __all__ = [
     "COMPLETE_ATTR",
     "missing_chunks",
     "open_dataset",
+    "open_root",
     "prepare_output",
     "write_dataset",
+    "write_with_truth",
 ]
 
 COMPLETE_ATTR = "operando:complete"
@@ -231,6 +233,29 @@ def _describe_missing(missing: Mapping[str, tuple[int, int, tuple[int, ...] | No
     )
 
 
+def open_root(path: Path) -> zarr.Group:
+    """The root group of the dataset at ``path``, read from its own metadata.
+
+    Never from consolidated metadata, which could predate the completion marker.
+    """
+    if not path.exists():
+        raise InputNotFoundError(path, "no such dataset")
+    if not (path / "zarr.json").is_file():
+        raise DatasetLayoutError(path, "not a zarr v3 store (no zarr.json)")
+    return zarr.open_group(str(path), mode="r", use_consolidated=False)
+
+
+def write_with_truth(
+    data: xr.Dataset, truth: xr.Dataset, path: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write ``data`` to ``path`` and ``truth`` to its ``truth`` group; mark complete when both are whole."""
+    path = prepare_output(path, overwrite=overwrite)
+    write_dataset(data, path, complete=False)
+    write_dataset(truth, path, group="truth", complete=False)
+    mark_complete(path)
+    return path
+
+
 def open_dataset(path: str | Path, *, group: str | None = None, require_complete: bool = True) -> xr.Dataset:
     """Open an operando dataset lazily (dask arrays with the on-disk chunks).
 
@@ -248,13 +273,7 @@ def open_dataset(path: str | Path, *, group: str | None = None, require_complete
     InputNotFoundError, DatasetLayoutError, IncompleteDatasetError
     """
     path = Path(path)
-    if not path.exists():
-        raise InputNotFoundError(path, "no such dataset")
-    if not (path / "zarr.json").is_file():
-        raise DatasetLayoutError(path, "not a zarr v3 store (no zarr.json)")
-    # Read the marker from the group's own zarr.json, never from consolidated
-    # metadata that could predate it.
-    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    root = open_root(path)
     if require_complete and COMPLETE_ATTR not in root.attrs:
         missing = missing_chunks(path)
         detail = (

@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from operando.io.chunking import choose_chunks
 from operando.io.layout import CT_DIMS, ct_dataset, label_attrs
-from operando.io.store import mark_complete, prepare_output, write_dataset
+from operando.io.store import write_with_truth
 from operando.synth import _rng
 from operando.synth._shapes import FourierField, bilinear, random_field, rotation_matrix
 
@@ -505,9 +505,4 @@ def synth_ct(path: str | Path, *, overwrite: bool = False, **params: object) -> 
     The truth is the sub-group ``truth`` of the same zarr store; the store is
     marked complete only when both are on disk.
     """
-    path = prepare_output(path, overwrite=overwrite)
-    data, truth = make_ct(**params)
-    write_dataset(data, path, complete=False)
-    write_dataset(truth, path, group="truth", complete=False)
-    mark_complete(path)
-    return path
+    return write_with_truth(*make_ct(**params), path, overwrite=overwrite)

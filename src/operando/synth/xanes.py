@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from operando.io.chunking import choose_chunks
 from operando.io.layout import XANES_DIMS, label_attrs, xanes_dataset
-from operando.io.store import mark_complete, prepare_output, write_dataset
+from operando.io.store import write_with_truth
 from operando.synth import _rng
 from operando.synth._shapes import FourierField, blob_outline, random_field
 
@@ -576,9 +576,4 @@ def synth_xanes(path: str | Path, *, overwrite: bool = False, **params: object) 
     The truth is the sub-group ``truth`` of the same zarr store; the store is
     marked complete only when both are on disk.
     """
-    path = prepare_output(path, overwrite=overwrite)
-    data, truth = make_xanes(**params)
-    write_dataset(data, path, complete=False)
-    write_dataset(truth, path, group="truth", complete=False)
-    mark_complete(path)
-    return path
+    return write_with_truth(*make_xanes(**params), path, overwrite=overwrite)
