@@ -16,18 +16,27 @@ from __future__ import annotations
 from functools import partial
 
 __all__ = [
+    "BlendModeError",
     "ConfigError",
     "DatasetLayoutError",
     "EnergyListError",
     "EnergyOrderError",
     "FrameCountError",
+    "HaloCoverageError",
     "IncompleteDatasetError",
     "InputError",
     "InputNotFoundError",
+    "LabelRangeError",
+    "ModelOutputError",
     "NonFiniteInputError",
     "OperandoError",
     "OutputExistsError",
+    "PatchAxesError",
+    "PatchOverlapError",
+    "PatchSizeError",
+    "RegionError",
     "ShapeMismatchError",
+    "SharedChunkWriteError",
     "TruncatedFileError",
     "UnsupportedDtypeError",
     "UnsupportedFormatError",
@@ -133,3 +142,61 @@ class EnergyListError(InputError):
     """Energies are missing where the input carries none, or disagree with the input's own."""
 
     remedy = "Pass --energies with one energy in eV per line, one per frame of a scan."
+
+
+class PatchOverlapError(InputError):
+    """A patch overlap fraction lies outside [0, 1)."""
+
+    remedy = (
+        "Pass an overlap fraction in [0, 1), e.g. 0.25 (a quarter of the patch shared with each neighbour)."
+    )
+
+
+class PatchSizeError(InputError):
+    """A patch size is not a positive integer per patch axis."""
+
+    remedy = "Pass one positive patch size per patch axis (or one int for all), e.g. patch=256 or patch=(64, 64, 64)."
+
+
+class PatchAxesError(InputError):
+    """The patch axes are not 2 or 3 distinct axes of the array."""
+
+    remedy = (
+        "Pass 2 or 3 distinct axes of the array, e.g. axes=(1, 2) for cross-sections of a (z, y, x) volume."
+    )
+
+
+class BlendModeError(InputError):
+    """The patch blending mode is unknown."""
+
+    remedy = 'Use blend="mean" (average of overlapping logits) or blend="gaussian".'
+
+
+class RegionError(InputError):
+    """An output region is not a non-empty box of unit-step slices inside the array."""
+
+    remedy = "Pass one slice per array axis, with step 1, inside the array's shape."
+
+
+class HaloCoverageError(InputError):
+    """An input block does not cover the halo its output region needs."""
+
+    remedy = "Read the block with operando.engine.patches.halo_for(grid, region).read and pass its start as block_origin."
+
+
+class ModelOutputError(InputError):
+    """A model returned an output of the wrong type, shape or channel count."""
+
+    remedy = "The model must map a (B, 1, *patch) float32 tensor to (B, C, *patch) logits with the expected C channels."
+
+
+class SharedChunkWriteError(InputError):
+    """A write plan gives parts of one output chunk (or shard) to two tasks."""
+
+    remedy = "Make every task region a whole number of output chunks (shards when the array is sharded), or rechunk the output."
+
+
+class LabelRangeError(InputError):
+    """A label array holds values outside ``[0, n_classes)``."""
+
+    remedy = "Pass a larger n_classes, or relabel the array to consecutive non-negative integers."
