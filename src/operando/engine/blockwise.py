@@ -1,0 +1,326 @@
+"""Map a pure numpy kernel over the chunks of a zarr array, with a halo, into owned output chunks.
+
+The kernel is a plain function, testable alone::
+
+    def mean3(block, *, region_in_block):
+        return scipy.ndimage.uniform_filter(block, 3, mode="nearest")[region_in_block]
+
+:func:`map_to_zarr` is bookkeeping around it. The unit of ownership is the output
+chunk, or the shard when the output is sharded (zarr rewrites a whole shard on
+every partial write, so two writers of one shard silently lose data). Each task
+owns a box of whole units; for each unit it reads the unit plus the halo straight
+from the source zarr array (clipped at the array's borders), calls the kernel,
+writes the unit once, and records it in the resume manifest
+(:mod:`operando.engine.manifest`). A re-run skips verified units. The output is
+marked complete (array attribute ``operando:complete``) only when every unit is.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from operando.engine.manifest import Manifest
+from operando.engine.progress import Progress, RunReport, iter_completed, peak_worker_memory
+from operando.errors import ShapeMismatchError, SharedChunkWriteError
+from operando.io.store import COMPLETE_ATTR
+
+__all__ = ["Kernel", "check_write_plan", "map_to_zarr", "plan_tasks", "unit_shape"]
+
+log = logging.getLogger("operando.engine")
+
+Kernel = Callable[..., np.ndarray]
+Region = tuple[slice, ...]
+
+#: Default ceiling on the task count: enough to balance workers, few enough for the scheduler.
+MAX_TASKS = 4000
+
+
+def unit_shape(out: zarr.Array) -> tuple[int, ...]:
+    """The unit of write ownership of ``out``: its shard shape when sharded, else its chunk shape."""
+    return tuple(out.shards or out.chunks)
+
+
+def plan_tasks(
+    out: zarr.Array, *, task_shape: Sequence[int] | None = None, max_tasks: int = MAX_TASKS
+) -> list[Region]:
+    """Split ``out`` into task regions, boxes of ``task_shape`` elements in C order.
+
+    Parameters
+    ----------
+    out : zarr.Array
+        Output array, shape ``(n0, ..., nk)``.
+    task_shape : sequence of int, optional, keyword-only
+        Elements per task along each axis. Default: one unit, grown along the
+        leading axes until there are at most ``max_tasks`` tasks.
+    max_tasks : int, keyword-only
+        Ceiling used by the default ``task_shape``.
+
+    Returns
+    -------
+    list of tuple of slice
+        Regions, clipped to the array. Validated by :func:`check_write_plan`.
+    """
+    shape, unit = out.shape, unit_shape(out)
+    if task_shape is None:
+        per_task = [1] * len(shape)
+        grid = [math.ceil(n / u) for n, u in zip(shape, unit, strict=True)]
+        for ax in range(len(shape)):
+            # Grow the leading axis first: its units are contiguous in C order.
+            while math.prod(grid) > max_tasks and per_task[ax] * unit[ax] < shape[ax]:
+                per_task[ax] *= 2
+                grid[ax] = math.ceil(shape[ax] / (per_task[ax] * unit[ax]))
+        task_shape = [p * u for p, u in zip(per_task, unit, strict=True)]
+    task_shape = tuple(int(t) for t in task_shape)
+    if len(task_shape) != len(shape) or min(task_shape, default=1) < 1:
+        raise ShapeMismatchError(
+            out.name or "output",
+            f"task shape {task_shape} does not fit the array shape {shape}",
+            remedy="Pass one positive length per axis.",
+        )
+    starts = [range(0, n, t) for n, t in zip(shape, task_shape, strict=True)]
+    regions = [
+        tuple(slice(s, min(s + t, n)) for s, t, n in zip(corner, task_shape, shape, strict=True))
+        for corner in itertools.product(*starts)
+    ]
+    check_write_plan(out, regions)
+    return regions
+
+
+def check_write_plan(out: zarr.Array, regions: Sequence[Region]) -> None:
+    """Refuse a plan in which two tasks would write parts of one output chunk or shard.
+
+    Every region must be a box of whole units (a region may end at the array's
+    border inside a unit), and no unit may be in two regions.
+
+    Raises
+    ------
+    SharedChunkWriteError
+        Naming the array, the unit (chunk or shard) shape and the offending region.
+    """
+    shape, unit = out.shape, unit_shape(out)
+    what = f"shard shape {unit}" if out.shards else f"chunk shape {unit}"
+    name = out.name or "output"
+    owner = np.full([math.ceil(n / u) for n, u in zip(shape, unit, strict=True)], -1, dtype=np.int64)
+    for i, region in enumerate(regions):
+        for s, u, n in zip(region, unit, shape, strict=True):
+            if s.start % u or (s.stop % u and s.stop != n):
+                raise SharedChunkWriteError(
+                    name,
+                    f"task region {_fmt(region)} covers part of a unit ({what}), "
+                    "so another task would write the rest of it",
+                )
+        units = tuple(slice(s.start // u, math.ceil(s.stop / u)) for s, u in zip(region, unit, strict=True))
+        taken = owner[units]
+        if (taken >= 0).any():
+            other = regions[int(taken[taken >= 0].flat[0])]
+            raise SharedChunkWriteError(
+                name, f"task regions {_fmt(other)} and {_fmt(region)} both write a unit ({what})"
+            )
+        owner[units] = i
+
+
+def _fmt(region: Region) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a task needs; pickled into each task (small: arrays pickle as references)."""
+
+    kernel: Kernel
+    source: zarr.Array
+    out: zarr.Array
+    halo: tuple[int, ...]
+    manifest: Manifest
+    kernel_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _run_task(job: _Job, region: Region) -> tuple[int, int, int, int]:
+    """Compute, write and record every unit of ``region``; (done, reused, stored bytes, logical bytes)."""
+    shape, unit = job.out.shape, unit_shape(job.out)
+    done = reused = stored = logical = 0
+    ranges = [range(s.start // u, math.ceil(s.stop / u)) for s, u in zip(region, unit, strict=True)]
+    for index in itertools.product(*ranges):
+        key = job.out.metadata.encode_chunk_key(index)
+        if job.manifest.verified(index, key):
+            reused += 1
+            continue
+        target = tuple(slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(index, unit, shape, strict=True))
+        read = tuple(
+            slice(max(0, t.start - h), min(n, t.stop + h))
+            for t, h, n in zip(target, job.halo, shape, strict=True)
+        )
+        block = np.asarray(job.source[read])
+        inner = tuple(slice(t.start - r.start, t.stop - r.start) for t, r in zip(target, read, strict=True))
+        values = np.asarray(job.kernel(block, region_in_block=inner, **job.kernel_kwargs))
+        want = tuple(t.stop - t.start for t in target)
+        if values.shape != want:
+            raise ShapeMismatchError(
+                getattr(job.kernel, "__name__", repr(job.kernel)),
+                f"kernel returned shape {values.shape} for the output region {_fmt(target)} of shape {want}",
+                remedy="Return the values of block[region_in_block] only (crop the halo away).",
+            )
+        job.out[target] = values
+        stored += job.manifest.record(index, key)
+        done += 1
+        logical += values.size * job.out.dtype.itemsize
+    return done, reused, stored, logical
+
+
+def _with_retries(fn: Callable[[], Any], retries: int) -> Any:
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception:
+            if attempt == retries:
+                raise
+            log.warning("task failed, retrying (%d of %d)", attempt + 1, retries, exc_info=True)
+    raise AssertionError("unreachable")
+
+
+def _open_source(source: zarr.Array | tuple[str | Path, str]) -> zarr.Array:
+    if isinstance(source, zarr.Array):
+        return source
+    path, name = source
+    return zarr.open_array(store=str(path), path=name, mode="r")
+
+
+def map_to_zarr(
+    kernel: Kernel,
+    source: zarr.Array | tuple[str | Path, str],
+    out: zarr.Array,
+    *,
+    halo: int | Sequence[int] = 0,
+    kernel_kwargs: Mapping[str, Any] | None = None,
+    task_shape: Sequence[int] | None = None,
+    client: Any | None = None,
+    retries: int = 2,
+    run_key: str | None = None,
+    quiet: bool = False,
+    name: str | None = None,
+) -> RunReport:
+    """Apply ``kernel`` to every output unit of ``out``, reading unit + ``halo`` from ``source``.
+
+    Parameters
+    ----------
+    kernel : callable
+        ``kernel(block, *, region_in_block, **kernel_kwargs) -> ndarray``: ``block``
+        is the source window of shape ``unit + 2*halo`` (less where clipped at the
+        borders), ``region_in_block`` the slices of the output unit inside it; returns
+        the unit's values, shape ``block[region_in_block].shape``. Pure and picklable.
+    source : zarr.Array or (store path, array path)
+        Input, same shape as ``out``.
+    out : zarr.Array
+        Output, created by the caller in a local store (its chunks, shards, dtype
+        and codecs are used as they are).
+    halo : int or sequence of int, keyword-only
+        Extra elements read on each side, per axis.
+    kernel_kwargs : mapping, optional, keyword-only
+        Extra keyword arguments of the kernel.
+    task_shape : sequence of int, optional, keyword-only
+        Elements per task; whole units only (see :func:`plan_tasks`).
+    client : distributed.Client, optional, keyword-only
+        Run on its cluster; without one, a local thread pool.
+    retries : int, keyword-only
+        Times a failed task is retried (dask task retries under distributed).
+    run_key : str, optional, keyword-only
+        Identifies the computation for resume (default: the kernel's qualified
+        name); a manifest made under another key, shape or halo is discarded.
+    quiet : bool, keyword-only
+        No progress bar.
+    name : str, optional, keyword-only
+        Name in the bar and the log line (default: the array's).
+
+    Returns
+    -------
+    RunReport
+        Units done and reused, throughput and peak worker memory.
+
+    Raises
+    ------
+    SharedChunkWriteError
+        If ``task_shape`` would split a chunk (shard) between tasks.
+    ShapeMismatchError
+        If ``source`` and ``out`` differ in shape, or the kernel returns the wrong shape.
+    Exception
+        The first task error, after every other task has finished and been recorded.
+    """
+    started = time.perf_counter()
+    source = _open_source(source)
+    if tuple(source.shape) != tuple(out.shape):
+        raise ShapeMismatchError(
+            out.name or "output", f"source shape {source.shape} differs from output shape {out.shape}"
+        )
+    halo_t = (halo,) * out.ndim if isinstance(halo, int) else tuple(int(h) for h in halo)
+    if len(halo_t) != out.ndim or min(halo_t, default=0) < 0:
+        raise ShapeMismatchError(
+            out.name or "output",
+            f"halo {halo} does not fit {out.ndim} axes",
+            remedy="Pass one non-negative halo per axis.",
+        )
+    regions = plan_tasks(out, task_shape=task_shape)
+    manifest = Manifest.for_array(out)
+    # Not complete while being written, even if an earlier run finished.
+    if COMPLETE_ATTR in out.attrs:
+        del out.attrs[COMPLETE_ATTR]
+    key = run_key or getattr(kernel, "__qualname__", type(kernel).__name__)
+    manifest.start(
+        {
+            "shape": list(out.shape),
+            "unit": list(unit_shape(out)),
+            "dtype": str(out.dtype),
+            "halo": list(halo_t),
+            "run_key": key,
+        }
+    )
+    job = _Job(kernel, source, out, halo_t, manifest, dict(kernel_kwargs or {}))
+    name = name or (out.name or "output").lstrip("/")
+    report = RunReport(
+        name=name,
+        chunks_total=math.prod(math.ceil(n / u) for n, u in zip(out.shape, unit_shape(out), strict=True)),
+    )
+    bar = Progress(name, report.chunks_total, quiet=quiet)
+    errors: list[BaseException] = []
+    pool = None
+    if client is not None:
+        futures = client.map(partial(_run_task, job), regions, retries=retries, pure=False)
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+        futures = [pool.submit(_with_retries, partial(_run_task, job, r), retries) for r in regions]
+    try:
+        for fut in iter_completed(futures):
+            try:
+                done, reused, stored, logical = fut.result()
+            except Exception as err:  # finish the others first: their units are then resumable
+                errors.append(err)
+                continue
+            report.chunks_done += done
+            report.chunks_reused += reused
+            report.bytes_written += stored
+            report.nbytes_logical += logical
+            bar.advance(done + reused, reused)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    report.peak_worker_memory = peak_worker_memory(client)
+    log.info(report.summary())
+    if errors:
+        raise errors[0]
+    out.attrs[COMPLETE_ATTR] = datetime.now(UTC).isoformat(timespec="seconds")
+    return report

@@ -1,0 +1,142 @@
+"""Progress bar, run report and peak worker memory for long engine steps.
+
+``dask.diagnostics.ProgressBar`` hooks the local schedulers only and shows
+nothing under ``distributed``; here the bar is fed from the futures as they
+complete (:func:`iter_completed` works for both kinds), and prints to stderr
+with ``\\r`` so that stdout stays clean for results.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+__all__ = ["Progress", "RunReport", "iter_completed", "peak_worker_memory"]
+
+log = logging.getLogger("operando.engine")
+
+
+@dataclass
+class RunReport:
+    """What a blockwise run did.
+
+    Attributes
+    ----------
+    name : str
+        The output array.
+    chunks_total : int
+        Output units (chunks, or shards when sharded) in the array.
+    chunks_done : int
+        Units computed and written by this run.
+    chunks_reused : int
+        Units skipped because the manifest verified them from an earlier run.
+    bytes_written : int
+        Stored (encoded) bytes written by this run.
+    seconds : float
+        Wall time.
+    peak_worker_memory : int
+        Highest peak resident memory of a worker process, in bytes.
+    """
+
+    name: str
+    chunks_total: int
+    chunks_done: int = 0
+    chunks_reused: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    peak_worker_memory: int = 0
+    nbytes_logical: int = field(default=0, repr=False)
+
+    @property
+    def throughput_mb_s(self) -> float:
+        """Uncompressed output MB (1e6 bytes) computed per second of wall time."""
+        return self.nbytes_logical / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """The final log line."""
+        return (
+            f"{self.name}: {self.chunks_done} chunks done, {self.chunks_reused} reused "
+            f"of {self.chunks_total}, {self.throughput_mb_s:.1f} MB/s, "
+            f"peak worker memory {self.peak_worker_memory / 2**20:.0f} MiB, {self.seconds:.1f} s"
+        )
+
+
+class Progress:
+    """A one-line terminal progress bar: ``name [#####     ] 12/40 chunks (3 reused)``.
+
+    Parameters
+    ----------
+    name : str
+        What is being computed.
+    total : int
+        Units expected.
+    quiet : bool, keyword-only
+        Print nothing.
+    stream : text file, keyword-only
+        Where to print (default stderr).
+    """
+
+    def __init__(self, name: str, total: int, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.name, self.total, self.quiet = name, total, quiet
+        self.stream = sys.stderr if stream is None else stream
+        self.done = self.reused = 0
+        self._last = 0.0
+
+    def advance(self, done: int, reused: int = 0) -> None:
+        """Count ``done`` more units, of which ``reused`` were skipped."""
+        self.done += done
+        self.reused += reused
+        now = time.monotonic()
+        # Redrawing more than ~10 times a second only costs terminal time.
+        if now - self._last > 0.1 or self.done >= self.total:
+            self._last = now
+            self._draw()
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if not self.quiet:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        if self.quiet:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        bar = "#" * filled + " " * (width - filled)
+        self.stream.write(f"\r{self.name} [{bar}] {self.done}/{self.total} chunks ({self.reused} reused)")
+        self.stream.flush()
+
+
+def iter_completed(futures: Iterable[Any]) -> Iterator[Any]:
+    """Futures in completion order: distributed futures or :mod:`concurrent.futures` ones."""
+    futures = list(futures)
+    if futures and isinstance(futures[0], concurrent.futures.Future):
+        yield from concurrent.futures.as_completed(futures)
+        return
+    from distributed import as_completed
+
+    yield from as_completed(futures)
+
+
+def _maxrss() -> int:
+    # ru_maxrss is the process's peak resident set, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_worker_memory(client: Any | None = None) -> int:
+    """Highest peak RSS among the client's workers (this process without a client), in bytes."""
+    if client is None:
+        return _maxrss()
+    try:
+        return max(client.run(_maxrss).values(), default=0)
+    except Exception:  # a worker lost at the very end must not fail a finished run
+        log.debug("could not read worker memory", exc_info=True)
+        return 0

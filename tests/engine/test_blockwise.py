@@ -1,0 +1,126 @@
+"""map_to_zarr: halo kernels equal the whole-array result; shared-chunk plans are refused."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks
+from operando.errors import ShapeMismatchError, SharedChunkWriteError
+from operando.io.store import COMPLETE_ATTR
+
+
+def mean_filter(block, *, region_in_block, size=3):
+    """The kernel under test: a plain numpy function, cropped to the output region."""
+    return ndi.uniform_filter(block, size, mode="nearest")[region_in_block]
+
+
+def _arrays(root, data, src_chunks, out_chunks, shards=None, dtype="f8"):
+    group = zarr.open_group(str(root), mode="w", zarr_format=3)
+    src = group.create_array("src", shape=data.shape, chunks=src_chunks, dtype=data.dtype)
+    src[...] = data
+    out = group.create_array("out", shape=data.shape, chunks=out_chunks, shards=shards, dtype=dtype)
+    return src, out
+
+
+def test_kernel_alone():
+    block = np.arange(25.0).reshape(5, 5)
+    got = mean_filter(block, region_in_block=(slice(1, 4), slice(1, 4)))
+    assert got.shape == (3, 3)
+    assert got[1, 1] == pytest.approx(block[1:4, 1:4].mean())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(3, 24), st.integers(3, 24)),
+    chunks=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    size=st.sampled_from([3, 5]),
+    extra=st.integers(0, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_halo_kernel_equals_whole_array(shape, chunks, size, extra, seed):
+    data = np.random.default_rng(seed).random(shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = _arrays(f"{tmp}/a.zarr", data, (5, 4), chunks)
+        report = map_to_zarr(
+            mean_filter, src, out, halo=size // 2 + extra, kernel_kwargs={"size": size}, quiet=True
+        )
+        np.testing.assert_allclose(out[...], ndi.uniform_filter(data, size, mode="nearest"), rtol=1e-12)
+        assert report.chunks_done == report.chunks_total == out.nchunks
+        assert COMPLETE_ATTR in out.attrs
+
+
+@pytest.mark.parametrize(("chunks", "shards"), [((4, 4, 4), None), ((2, 4, 4), (4, 8, 8))])
+def test_3d_sharded_and_distributed(tmp_path, client, chunks, shards):
+    data = np.random.default_rng(1).random((9, 13, 10)).astype("f4")
+    src, out = _arrays(tmp_path / "a.zarr", data, (3, 5, 5), chunks, shards, dtype="f4")
+    report = map_to_zarr(mean_filter, src, out, halo=1, client=client, quiet=True)
+    np.testing.assert_allclose(out[...], ndi.uniform_filter(data, 3, mode="nearest"), rtol=1e-6)
+    assert report.chunks_done == report.chunks_total
+    assert report.peak_worker_memory > 0
+    assert report.bytes_written > 0
+
+
+def test_source_by_path(tmp_path):
+    data = np.random.default_rng(2).random((10, 10))
+    _, out = _arrays(tmp_path / "a.zarr", data, (5, 5), (4, 4))
+    map_to_zarr(mean_filter, (tmp_path / "a.zarr", "src"), out, halo=1, quiet=True)
+    np.testing.assert_allclose(out[...], ndi.uniform_filter(data, 3, mode="nearest"))
+
+
+def test_progress_and_log(tmp_path, capsys, caplog):
+    data = np.zeros((8, 8))
+    src, out = _arrays(tmp_path / "a.zarr", data, (4, 4), (4, 4))
+    with caplog.at_level("INFO", logger="operando.engine"):
+        map_to_zarr(mean_filter, src, out, halo=1)
+    err = capsys.readouterr().err
+    assert "\r" in err and "4/4 chunks" in err
+    assert "4 chunks done, 0 reused of 4" in caplog.text and "MB/s" in caplog.text
+    map_to_zarr(mean_filter, src, out, halo=1, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_task_count_is_bounded(tmp_path):
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="w")
+    out = group.create_array("out", shape=(200, 200), chunks=(2, 2), dtype="u1")
+    regions = plan_tasks(out, max_tasks=100)
+    assert len(regions) <= 100
+    check_write_plan(out, regions)
+
+
+def test_partial_shard_writes_are_refused(tmp_path):
+    data = np.zeros((16, 16))
+    src, out = _arrays(tmp_path / "a.zarr", data, (4, 4), (4, 4), shards=(8, 8))
+    with pytest.raises(
+        SharedChunkWriteError,
+        match=r"out: task region \[0:4, 0:4\] covers part of a unit \(shard shape \(8, 8\)\)",
+    ):
+        map_to_zarr(mean_filter, src, out, halo=1, task_shape=(4, 4), quiet=True)
+    assert COMPLETE_ATTR not in out.attrs
+
+
+def test_unaligned_and_overlapping_regions_are_refused(tmp_path):
+    src, out = _arrays(tmp_path / "a.zarr", np.zeros((12, 12)), (4, 4), (4, 4))
+    with pytest.raises(SharedChunkWriteError, match=r"chunk shape \(4, 4\)"):
+        map_to_zarr(mean_filter, src, out, task_shape=(6, 6), quiet=True)
+    with pytest.raises(
+        SharedChunkWriteError, match=r"task regions \[0:8, 0:12\] and \[4:12, 0:12\] both write"
+    ):
+        check_write_plan(out, [(slice(0, 8), slice(0, 12)), (slice(4, 12), slice(0, 12))])
+
+
+def test_bad_kernel_output_and_shapes(tmp_path):
+    src, out = _arrays(tmp_path / "a.zarr", np.zeros((8, 8)), (4, 4), (4, 4))
+    with pytest.raises(ShapeMismatchError, match="kernel returned shape"):
+        map_to_zarr(lambda block, *, region_in_block: block, src, out, halo=1, retries=0, quiet=True)
+    assert COMPLETE_ATTR not in out.attrs
+    group = zarr.open_group(str(tmp_path / "a.zarr"))
+    other = group.create_array("other", shape=(8, 9), chunks=(4, 4), dtype="f8")
+    with pytest.raises(ShapeMismatchError, match="differs from output shape"):
+        map_to_zarr(mean_filter, src, other, quiet=True)
