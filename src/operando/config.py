@@ -31,6 +31,25 @@ __all__ = ["config"]
 DEFAULTS: dict[str, object] = {
     "chunks": {"target_mib": 96, "energy": 16},
     "codec": {"name": "blosc-zstd", "level": 3},
+    # Where dask runs: see operando.engine.cluster for the meaning of each key.
+    "cluster": {
+        "kind": "local",
+        "jobs": None,
+        "cores": None,
+        "memory": None,
+        "processes": 1,
+        "gpus_per_job": 0,
+        "walltime": None,
+        "queue": None,
+        "account": None,
+        "interface": None,
+        "log_directory": None,
+        "local_directory": None,
+        "job_extra_directives": [],
+        "memory_fraction": 0.9,
+        "dashboard_address": ":8787",
+        "timeout": 30,
+    },
 }
 
 config = Config("operando", defaults=[DEFAULTS])
