@@ -218,6 +218,12 @@ def test_environment_variable_override(monkeypatch):
     assert (spec.kind, spec.jobs) == ("tcp://host:8786", 5)
 
 
+def test_one_directive_from_a_variable(monkeypatch):
+    monkeypatch.setenv("OPERANDO_CLUSTER__JOB_EXTRA_DIRECTIVES", "--constraint=a100")
+    cfg = type(config)("operando", defaults=[{"cluster": dict(config.get("cluster"))}])
+    assert ClusterSpec.from_config(cfg).job_extra_directives == ("--constraint=a100",)
+
+
 def test_flag_errors_name_the_flag():
     with pytest.raises(ConfigError, match=r"--jobs"):
         spec_from_args(_parse(["--jobs", "0"]))

@@ -140,7 +140,10 @@ class ClusterSpec:
         set_("processes", _positive_int("cluster.processes", self.processes))
         set_("gpus_per_job", _positive_int("cluster.gpus_per_job (--gpus-per-job)", self.gpus_per_job, 0))
         set_("memory", _parse_memory("cluster.memory (--memory)", self.memory))
-        set_("job_extra_directives", tuple(str(d) for d in self.job_extra_directives or ()))
+        directives = self.job_extra_directives or ()
+        if isinstance(directives, str):  # one directive from an OPERANDO_CLUSTER__* variable
+            directives = (directives,)
+        set_("job_extra_directives", tuple(str(d) for d in directives))
         try:
             fraction = float(self.memory_fraction)
         except (TypeError, ValueError):
