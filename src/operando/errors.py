@@ -19,6 +19,7 @@ __all__ = [
     "BlendModeError",
     "ConfigError",
     "DatasetLayoutError",
+    "DeviceUnavailableError",
     "EnergyListError",
     "EnergyOrderError",
     "FrameCountError",
@@ -200,3 +201,9 @@ class LabelRangeError(InputError):
     """A label array holds values outside ``[0, n_classes)``."""
 
     remedy = "Pass a larger n_classes, or relabel the array to consecutive non-negative integers."
+
+
+class DeviceUnavailableError(InputError):
+    """A compute device (e.g. a CUDA GPU) was requested where none is available."""
+
+    remedy = 'Pass device="auto" (a GPU when present, else the CPU) or device="cpu", or run on a machine with a GPU.'

@@ -1,0 +1,276 @@
+"""Seam-exact overlapping patch inference over a zarr array, out of core.
+
+The dask layer is bookkeeping: :func:`predict` lays out the **global** patch grid
+(:class:`~operando.engine.patches.PatchGrid`) of the source, derives the halo every
+output chunk needs from it (:func:`~operando.engine.patches.halo_for`), and lets
+:func:`~operando.engine.blockwise.map_to_zarr` run a pure kernel over owned output
+chunks. The kernel calls :func:`~operando.engine.patches.predict_region` on the
+chunk + halo block and writes ``labels_from_logits``, so the labels do not depend
+on the chunking: they equal one whole-array sliding-window pass.
+
+The model travels as a small :class:`ModelRecipe` (an importable factory, its
+keyword arguments, and the state dict as named numpy arrays); each worker process
+builds it once and keeps it in a per-process cache keyed by the hash of the
+weights, so tasks reuse the built module instead of unpickling a model each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from operando.engine.blockwise import map_to_zarr, unit_shape
+from operando.engine.patches import Blend, PatchGrid, halo_for, labels_from_logits, predict_region
+from operando.engine.progress import RunReport
+from operando.errors import DeviceUnavailableError, ShapeMismatchError
+
+__all__ = ["ModelRecipe", "grid_halo", "predict", "resolve_device"]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _qualified(factory: Callable[..., torch.nn.Module]) -> str:
+    return f"{factory.__module__}:{factory.__qualname__}"
+
+
+def _import(path: str) -> Callable[..., torch.nn.Module]:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How to rebuild a model in a worker: ``factory(**kwargs)`` then ``load_state_dict``.
+
+    Attributes
+    ----------
+    factory : str
+        ``"module:qualname"`` of a callable returning a ``torch.nn.Module``,
+        importable in every worker process.
+    kwargs : mapping
+        Keyword arguments of the factory (picklable, small).
+    state : tuple of (str, ndarray)
+        The state dict as named numpy arrays (no torch pickles).
+    digest : str
+        SHA-256 of factory, kwargs and weights: the per-process cache key.
+    """
+
+    factory: str
+    kwargs: Mapping[str, Any]
+    state: tuple[tuple[str, np.ndarray], ...] = field(repr=False)
+    digest: str
+
+    @classmethod
+    def from_module(
+        cls,
+        model: torch.nn.Module,
+        *,
+        factory: Callable[..., torch.nn.Module] | str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> ModelRecipe:
+        """Recipe of ``model``: ``factory`` (default its class) called with ``kwargs``."""
+        path = factory if isinstance(factory, str) else _qualified(factory or type(model))
+        kwargs = dict(kwargs or {})
+        state = tuple(
+            (name, t.detach().cpu().contiguous().numpy().copy()) for name, t in model.state_dict().items()
+        )
+        h = hashlib.sha256(f"{path}\0{sorted(kwargs.items())!r}".encode())
+        for name, a in state:
+            h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+            h.update(a.tobytes())
+        return cls(path, kwargs, state, h.hexdigest())
+
+    def build(self) -> torch.nn.Module:
+        """A fresh module in eval mode with the recipe's weights."""
+        model = _import(self.factory)(**self.kwargs)
+        model.load_state_dict({name: torch.from_numpy(a.copy()) for name, a in self.state}, strict=True)
+        return model.eval()
+
+
+_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _cached_model(recipe: ModelRecipe, device: str) -> torch.nn.Module:
+    """The recipe's model on ``device``, built once per process (and device)."""
+    key = (recipe.digest, device)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _MODELS[key] = recipe.build().to(device)
+    return model
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is present, else ``"cpu"``; a CUDA device must exist."""
+    name = str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(name).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(f"device={name!r}", "CUDA was requested but no GPU is available here")
+    if kind == "cuda" and torch.device(name).index is not None:
+        if torch.device(name).index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device={name!r}", f"only {torch.cuda.device_count()} CUDA device(s) are available"
+            )
+    return name
+
+
+# --------------------------------------------------------------------------- halo
+
+
+def grid_halo(grid: PatchGrid, unit: Sequence[int]) -> tuple[int, ...]:
+    """The smallest symmetric halo per axis covering every patch that touches any output unit."""
+    halo = [0] * len(grid.shape)
+    for ax in grid.axes:
+        n, u = grid.shape[ax], int(unit[ax])
+        for start in range(0, n, u):
+            region = [slice(0, m) for m in grid.shape]
+            region[ax] = slice(start, min(start + u, n))
+            read = halo_for(grid, region).read[ax]
+            halo[ax] = max(halo[ax], region[ax].start - read.start, read.stop - region[ax].stop)
+    return tuple(halo)
+
+
+# --------------------------------------------------------------------------- kernel
+
+# map_to_zarr passes the kernel the block and the unit's place in it, not the block's
+# global origin; the source wrapper records each read's start in the reading thread,
+# and the kernel (called next, in that thread) picks it up.
+_READS = threading.local()
+
+
+class _OriginSource(zarr.Array):
+    """A zarr array that remembers, per thread, where its last box read started."""
+
+    def __getitem__(self, selection: Any) -> Any:
+        data = super().__getitem__(selection)
+        sel = selection if isinstance(selection, tuple) else (selection,)
+        if len(sel) == self.ndim and all(isinstance(s, slice) for s in sel):
+            _READS.last = (tuple(s.indices(n)[0] for s, n in zip(sel, self.shape, strict=True)), data.shape)
+        return data
+
+
+def _predict_labels(
+    block: np.ndarray,
+    *,
+    region_in_block: tuple[slice, ...],
+    recipe: ModelRecipe,
+    grid: PatchGrid,
+    blend: Blend,
+    batch_size: int,
+    device: str,
+) -> np.ndarray:
+    """Kernel: labels of one output unit from its chunk + halo block."""
+    last = getattr(_READS, "last", None)
+    if last is None or tuple(last[1]) != block.shape:
+        raise RuntimeError("predict kernel: the block's global origin was not recorded by its read")
+    origin = last[0]
+    _READS.last = None
+    region = tuple(slice(o + r.start, o + r.stop) for o, r in zip(origin, region_in_block, strict=True))
+    dev = resolve_device(device)
+    logits = predict_region(
+        block,
+        origin,
+        region,
+        grid,
+        _cached_model(recipe, dev),
+        blend=blend,
+        batch_size=batch_size,
+        device=dev,
+    )
+    return labels_from_logits(logits)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def predict(
+    source: zarr.Array,
+    model: torch.nn.Module | ModelRecipe,
+    out_labels: zarr.Array,
+    *,
+    patch: int | Sequence[int],
+    overlap: float = 0.25,
+    blend: Blend = "mean",
+    axes: Sequence[int] | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    client: Any | None = None,
+    quiet: bool = True,
+) -> RunReport:
+    """Class labels of a sliding-window model pass over ``source``, written chunk by chunk.
+
+    Parameters
+    ----------
+    source : zarr.Array
+        Input, any real dtype (cast to float32 per patch).
+    model : torch.nn.Module or ModelRecipe
+        ``(B, 1, *patch)`` → ``(B, C, *patch)`` logits. A module is turned into a
+        :class:`ModelRecipe` with its own class as factory, called without
+        arguments; pass a recipe (:meth:`ModelRecipe.from_module`) for any other
+        factory. Under a distributed client the factory must be importable in
+        the workers.
+    out_labels : zarr.Array
+        uint8 output of ``source``'s shape; every chunk (shard) is owned by one task.
+    patch, overlap, blend, axes, batch_size
+        As :func:`operando.engine.patches.predict_region`.
+    device : str, keyword-only
+        ``"auto"`` (GPU when the worker has one, else CPU), ``"cpu"``, ``"cuda"``…
+    client : distributed.Client, optional, keyword-only
+        Run on its cluster; without one, a local thread pool.
+    quiet : bool, keyword-only
+        No progress bar.
+
+    Returns
+    -------
+    RunReport
+
+    Raises
+    ------
+    DeviceUnavailableError
+        If a CUDA device is requested where none is available.
+    ShapeMismatchError
+        If the shapes differ.
+    """
+    if device != "auto":
+        resolve_device(device)
+    if tuple(source.shape) != tuple(out_labels.shape):
+        raise ShapeMismatchError(
+            out_labels.name or "labels",
+            f"source shape {source.shape} differs from output shape {out_labels.shape}",
+        )
+    grid = PatchGrid.build(source.shape, patch=patch, overlap=overlap, axes=axes)
+    recipe = model if isinstance(model, ModelRecipe) else ModelRecipe.from_module(model)
+    halo = grid_halo(grid, unit_shape(out_labels))
+    run_key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{blend}"
+    return map_to_zarr(
+        _predict_labels,
+        _OriginSource(source._async_array),
+        out_labels,
+        halo=halo,
+        kernel_kwargs={
+            "recipe": recipe,
+            "grid": grid,
+            "blend": blend,
+            "batch_size": batch_size,
+            "device": device,
+        },
+        client=client,
+        run_key=run_key,
+        quiet=quiet,
+        name=(out_labels.name or "labels").lstrip("/"),
+    )
