@@ -16,7 +16,7 @@ from operando.errors import ShapeMismatchError, SharedChunkWriteError
 from operando.io.store import COMPLETE_ATTR
 
 
-def mean_filter(block, *, region_in_block, size=3):
+def mean_filter(block, *, region_in_block, block_origin, size=3):
     """The kernel under test: a plain numpy function, cropped to the output region."""
     return ndi.uniform_filter(block, size, mode="nearest")[region_in_block]
 
@@ -31,7 +31,7 @@ def _arrays(root, data, src_chunks, out_chunks, shards=None, dtype="f8"):
 
 def test_kernel_alone():
     block = np.arange(25.0).reshape(5, 5)
-    got = mean_filter(block, region_in_block=(slice(1, 4), slice(1, 4)))
+    got = mean_filter(block, region_in_block=(slice(1, 4), slice(1, 4)), block_origin=(0, 0))
     assert got.shape == (3, 3)
     assert got[1, 1] == pytest.approx(block[1:4, 1:4].mean())
 
@@ -118,7 +118,9 @@ def test_unaligned_and_overlapping_regions_are_refused(tmp_path):
 def test_bad_kernel_output_and_shapes(tmp_path):
     src, out = _arrays(tmp_path / "a.zarr", np.zeros((8, 8)), (4, 4), (4, 4))
     with pytest.raises(ShapeMismatchError, match="kernel returned shape"):
-        map_to_zarr(lambda block, *, region_in_block: block, src, out, halo=1, retries=0, quiet=True)
+        map_to_zarr(
+            lambda block, *, region_in_block, block_origin: block, src, out, halo=1, retries=0, quiet=True
+        )
     assert COMPLETE_ATTR not in out.attrs
     group = zarr.open_group(str(tmp_path / "a.zarr"))
     other = group.create_array("other", shape=(8, 9), chunks=(4, 4), dtype="f8")

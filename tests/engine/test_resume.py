@@ -30,7 +30,7 @@ SHAPE, CHUNKS = (24, 24), (4, 4)
 N_UNITS = 36
 
 
-def counted_kernel(block, *, region_in_block, calls, fail_at=-1, exit_at=-1, marker=None):
+def counted_kernel(block, *, region_in_block, block_origin, calls, fail_at=-1, exit_at=-1, marker=None):
     """3×3 mean; records the call; fails (or kills its process) once at the unit starting at ``fail_at``."""
     first = int(block[region_in_block].flat[0])
     Path(calls, f"{first}-{uuid.uuid4().hex}").touch()
@@ -116,7 +116,7 @@ import sys, time
 import numpy as np, scipy.ndimage as ndi, zarr
 from operando.engine.blockwise import map_to_zarr
 
-def slow(block, *, region_in_block):
+def slow(block, *, region_in_block, block_origin):
     time.sleep(0.05)
     return ndi.uniform_filter(block, 3, mode="nearest")[region_in_block]
 

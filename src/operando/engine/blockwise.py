@@ -2,7 +2,7 @@
 
 The kernel is a plain function, testable alone::
 
-    def mean3(block, *, region_in_block):
+    def mean3(block, *, region_in_block, block_origin):
         return scipy.ndimage.uniform_filter(block, 3, mode="nearest")[region_in_block]
 
 :func:`map_to_zarr` is bookkeeping around it. The unit of ownership is the output
@@ -166,7 +166,10 @@ def _run_task(job: _Job, region: Region) -> tuple[int, int, int, int]:
         )
         block = np.asarray(job.source[read])
         inner = tuple(slice(t.start - r.start, t.stop - r.start) for t, r in zip(target, read, strict=True))
-        values = np.asarray(job.kernel(block, region_in_block=inner, **job.kernel_kwargs))
+        origin = tuple(r.start for r in read)
+        values = np.asarray(
+            job.kernel(block, region_in_block=inner, block_origin=origin, **job.kernel_kwargs)
+        )
         want = tuple(t.stop - t.start for t in target)
         if values.shape != want:
             raise ShapeMismatchError(
@@ -218,9 +221,11 @@ def map_to_zarr(
     Parameters
     ----------
     kernel : callable
-        ``kernel(block, *, region_in_block, **kernel_kwargs) -> ndarray``: ``block``
+        ``kernel(block, *, region_in_block, block_origin, **kernel_kwargs) -> ndarray``: ``block``
         is the source window of shape ``unit + 2*halo`` (less where clipped at the
-        borders), ``region_in_block`` the slices of the output unit inside it; returns
+        borders), ``block_origin`` the global index of ``block[0, ...]`` (for kernels
+        that depend on position, e.g. a global patch grid), ``region_in_block`` the
+        slices of the output unit inside it; returns
         the unit's values, shape ``block[region_in_block].shape``. Pure and picklable.
     source : zarr.Array or (store path, array path)
         Input, same shape as ``out``.

@@ -147,27 +147,12 @@ def grid_halo(grid: PatchGrid, unit: Sequence[int]) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------- kernel
 
-# map_to_zarr passes the kernel the block and the unit's place in it, not the block's
-# global origin; the source wrapper records each read's start in the reading thread,
-# and the kernel (called next, in that thread) picks it up.
-_READS = threading.local()
-
-
-class _OriginSource(zarr.Array):
-    """A zarr array that remembers, per thread, where its last box read started."""
-
-    def __getitem__(self, selection: Any) -> Any:
-        data = super().__getitem__(selection)
-        sel = selection if isinstance(selection, tuple) else (selection,)
-        if len(sel) == self.ndim and all(isinstance(s, slice) for s in sel):
-            _READS.last = (tuple(s.indices(n)[0] for s, n in zip(sel, self.shape, strict=True)), data.shape)
-        return data
-
 
 def _predict_labels(
     block: np.ndarray,
     *,
     region_in_block: tuple[slice, ...],
+    block_origin: tuple[int, ...],
     recipe: ModelRecipe,
     grid: PatchGrid,
     blend: Blend,
@@ -175,11 +160,7 @@ def _predict_labels(
     device: str,
 ) -> np.ndarray:
     """Kernel: labels of one output unit from its chunk + halo block."""
-    last = getattr(_READS, "last", None)
-    if last is None or tuple(last[1]) != block.shape:
-        raise RuntimeError("predict kernel: the block's global origin was not recorded by its read")
-    origin = last[0]
-    _READS.last = None
+    origin = block_origin
     region = tuple(slice(o + r.start, o + r.stop) for o, r in zip(origin, region_in_block, strict=True))
     dev = resolve_device(device)
     logits = predict_region(
@@ -259,7 +240,7 @@ def predict(
     run_key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{blend}"
     return map_to_zarr(
         _predict_labels,
-        _OriginSource(source._async_array),
+        source,
         out_labels,
         halo=halo,
         kernel_kwargs={
