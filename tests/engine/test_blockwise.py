@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 
 import numpy as np
@@ -126,3 +127,95 @@ def test_bad_kernel_output_and_shapes(tmp_path):
     other = group.create_array("other", shape=(8, 9), chunks=(4, 4), dtype="f8")
     with pytest.raises(ShapeMismatchError, match="differs from output shape"):
         map_to_zarr(mean_filter, src, other, quiet=True)
+
+
+# ---------------------------------------------------------------- several outputs, shared values
+
+
+def stats_kernel(block, *, region_in_block, block_origin):
+    """Two outputs: the values, and (value, value²) stacked on a leading axis."""
+    v = block[region_in_block]
+    return v, np.stack([v, v**2])
+
+
+def test_several_outputs_are_written_by_the_same_tasks(tmp_path):
+    data = np.random.default_rng(7).random((13, 10))
+    src, out = _arrays(tmp_path / "m.zarr", data, (13, 10), (4, 5))
+    group = zarr.open_group(str(tmp_path / "m.zarr"), mode="r+")
+    stacked = group.create_array("stacked", shape=(2, 13, 10), chunks=(2, 4, 5), dtype="f8")
+    report = map_to_zarr(stats_kernel, src, [out, stacked], quiet=True)
+    np.testing.assert_array_equal(out[...], data)
+    np.testing.assert_array_equal(stacked[...], np.stack([data, data**2]))
+    assert COMPLETE_ATTR in out.attrs and COMPLETE_ATTR in stacked.attrs
+    stacked[1, :4, :5] = -1.0  # tamper with one unit of the second output only: it is redone
+    again = map_to_zarr(stats_kernel, src, [out, stacked], quiet=True)
+    assert (again.chunks_done, again.chunks_reused) == (1, report.chunks_total - 1)
+    np.testing.assert_array_equal(stacked[...], np.stack([data, data**2]))
+
+
+def test_a_further_output_must_extend_the_unit(tmp_path):
+    data = np.zeros((8, 8))
+    src, out = _arrays(tmp_path / "u.zarr", data, (8, 8), (4, 4))
+    group = zarr.open_group(str(tmp_path / "u.zarr"), mode="r+")
+    split = group.create_array("split", shape=(2, 8, 8), chunks=(1, 4, 4), dtype="f8")
+    with pytest.raises(ShapeMismatchError, match=r"unit \(1, 4, 4\) does not extend"):
+        map_to_zarr(stats_kernel, src, [out, split], quiet=True)
+
+
+_UNPICKLED = {"count": 0}
+
+
+def _count_unpickle(data: np.ndarray) -> CountedArray:
+    _UNPICKLED["count"] += 1
+    return CountedArray(data)
+
+
+class CountedArray:
+    """A large value that counts, per process, how many times it was unpickled."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return _count_unpickle, (self.data,)
+
+
+def unpickle_count_kernel(block, *, region_in_block, block_origin, weights):
+    return np.full(block[region_in_block].shape, _UNPICKLED["count"], dtype=np.int64)
+
+
+def test_shared_values_reach_each_worker_once(tmp_path, client):
+    src, out = _arrays(tmp_path / "s.zarr", np.zeros((32, 32)), (32, 32), (4, 4), dtype="i8")
+    weights = CountedArray(np.ones(2_000_000, np.float32))  # 8 MB, like a small model
+    report = map_to_zarr(unpickle_count_kernel, src, out, shared={"weights": weights}, client=client)
+    assert report.chunks_done == 64
+    # 64 tasks on 2 workers: sent with each task, a worker would have unpickled it dozens of times.
+    assert out[...].max() == 1
+
+
+def sleepy_kernel(block, *, region_in_block, block_origin, log_dir):
+    import os
+    import time
+
+    start = time.time()
+    time.sleep(0.15)
+    (log_dir / f"{os.getpid()}-{block_origin}").write_text(f"{start} {time.time()}")
+    return block[region_in_block]
+
+
+def test_resources_limit_concurrent_tasks_per_worker(tmp_path):
+    """A worker with 2 threads but one GPU runs GPU tasks one at a time."""
+    distributed = pytest.importorskip("distributed")
+    src, out = _arrays(tmp_path / "r.zarr", np.zeros((4, 8)), (4, 8), (1, 8))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 1}, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        map_to_zarr(
+            sleepy_kernel, src, out, kernel_kwargs={"log_dir": tmp_path}, client=c, resources={"GPU": 1}
+        )
+    spans = sorted(tuple(map(float, p.read_text().split())) for p in tmp_path.glob("*-(*"))
+    assert len(spans) == 4
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))

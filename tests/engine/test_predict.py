@@ -7,9 +7,9 @@ import pytest
 import torch
 import zarr
 
-from operando.engine.patches import PatchGrid, halo_for, labels_from_logits, predict_array
-from operando.engine.predict import ModelRecipe, grid_halo, predict
-from operando.errors import DeviceUnavailableError
+from operando.engine.patches import PatchGrid, halo_for, labels_from_logits, predict_array, probabilities
+from operando.engine.predict import ModelRecipe, _workers_have_gpus, grid_halo, predict, worker_device
+from operando.errors import DeviceUnavailableError, ModelOutputError
 
 
 def _identity_recipe() -> ModelRecipe:
@@ -112,3 +112,70 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     src, out = _arrays(tmp_path, data, (8, 8))
     with pytest.raises(DeviceUnavailableError, match="CUDA was requested but no GPU"):
         predict(src, _identity_recipe(), out, patch=4, device="cuda")
+
+
+def test_probabilities_are_the_softmax_of_the_whole_array_pass(tmp_path):
+    torch.manual_seed(1)
+    net = SmallNet().eval()
+    data = np.random.default_rng(6).normal(size=(21, 19)).astype(np.float32)
+    opts = {"patch": (8, 8), "overlap": 0.25, "blend": "gaussian"}
+    logits = predict_array(data, net, **opts)
+    src, out = _arrays(tmp_path, data, (6, 10))
+    probs = zarr.create_array(store=str(tmp_path / "run.zarr" / "probabilities"), shape=(3, 21, 19), chunks=(3, 6, 10), dtype="float16")
+    predict(src, net, out, out_probabilities=probs, device="cpu", **opts)
+    np.testing.assert_array_equal(out[...], labels_from_logits(logits))
+    np.testing.assert_array_equal(probs[...], probabilities(logits))
+    np.testing.assert_allclose(probs[...].astype(np.float32).sum(axis=0), 1.0, atol=3e-3)
+
+
+def test_probabilities_with_the_wrong_class_count_are_refused_before_running(tmp_path):
+    data = np.zeros((8, 8), np.float32)
+    src, out = _arrays(tmp_path, data, (4, 4))
+    probs = zarr.create_array(store=str(tmp_path / "run.zarr" / "probabilities"), shape=(5, 8, 8), chunks=(5, 4, 4), dtype="float16")
+    with pytest.raises(ModelOutputError, match="3 output channels, but the probabilities array has 5"):
+        predict(src, SmallNet(), out, out_probabilities=probs, patch=4)
+    assert out.nchunks_initialized == 0
+
+
+class Shrinks(torch.nn.Module):
+    """A model without padding: its output is smaller than its input patch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_model_output_of_the_wrong_shape_is_a_clear_error(tmp_path):
+    src, out = _arrays(tmp_path, np.zeros((8, 8), np.float32), (4, 4))
+    with pytest.raises(
+        ModelOutputError, match=r"output \(1, 2, 4, 4\) for one patch, expected \(1, C, 6, 6\)"
+    ):
+        predict(src, Shrinks(), out, patch=6)
+
+
+def test_gpu_resource_is_requested_only_where_workers_have_gpus(client, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    assert not _workers_have_gpus(client)
+    data = (np.random.default_rng(8).random((12, 12)) > 0.5).astype(np.uint8)
+    src, out = _arrays(tmp_path, data, (6, 6))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 1}, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as gpu_client,
+    ):
+        assert _workers_have_gpus(gpu_client)
+        # device="auto" on a worker without CUDA falls back to the CPU; the tasks hold the resource.
+        predict(src, _identity_recipe(), out, patch=6, client=gpu_client)
+    np.testing.assert_array_equal(out[...], data)
+
+
+def test_worker_device_is_the_cpu_without_a_gpu():
+    if torch.cuda.is_available():
+        assert worker_device("auto").startswith("cuda:")
+    else:
+        assert worker_device("auto") == "cpu"
+    assert worker_device("cpu") == "cpu"

@@ -139,49 +139,84 @@ def _fmt(region: Region) -> str:
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything a task needs; pickled into each task (small: arrays pickle as references)."""
+    """Everything a task needs but the shared values; pickled into each task, so small.
+
+    Zarr arrays pickle as references to their stores.
+    """
 
     kernel: Kernel
     source: zarr.Array
-    out: zarr.Array
+    outs: tuple[zarr.Array, ...]
     halo: tuple[int, ...]
     manifest: Manifest
     kernel_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _run_task(job: _Job, region: Region) -> tuple[int, int, int, int]:
+@dataclass(frozen=True)
+class _Shared:
+    """Large kernel arguments, sent to each worker once (scattered) rather than with every task."""
+
+    values: Mapping[str, Any]
+
+
+def _run_task(job: _Job, region: Region, shared: _Shared | None = None) -> tuple[int, int, int, int]:
     """Compute, write and record every unit of ``region``; (done, reused, stored bytes, logical bytes)."""
-    shape, unit = job.out.shape, unit_shape(job.out)
+    kwargs = {**job.kernel_kwargs, **(shared.values if shared else {})}
+    unit = unit_shape(job.outs[0])
     done = reused = stored = logical = 0
     ranges = [range(s.start // u, math.ceil(s.stop / u)) for s, u in zip(region, unit, strict=True)]
     for index in itertools.product(*ranges):
-        key = job.out.metadata.encode_chunk_key(index)
-        if job.manifest.verified(index, key):
+        keys = [_unit_key(out, index) for out in job.outs]
+        if job.manifest.verified(index, keys):
             reused += 1
             continue
-        target = tuple(slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(index, unit, shape, strict=True))
-        read = tuple(
-            slice(max(0, t.start - h), min(n, t.stop + h))
-            for t, h, n in zip(target, job.halo, shape, strict=True)
+        values = _compute_unit(job, index, kwargs)
+        for out, v in zip(job.outs, values, strict=True):
+            out[(..., *_unit_region(index, unit, job.source.shape))] = v
+            logical += v.size * out.dtype.itemsize
+        stored += job.manifest.record(index, keys)
+        done += 1
+    return done, reused, stored, logical
+
+
+def _unit_key(out: zarr.Array, index: tuple[int, ...]) -> str:
+    """The chunk (shard) key of unit ``index`` in ``out``; leading whole axes are at index 0."""
+    return out.metadata.encode_chunk_key((0,) * (out.ndim - len(index)) + tuple(index))
+
+
+def _unit_region(index: tuple[int, ...], unit: Sequence[int], shape: Sequence[int]) -> Region:
+    return tuple(slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(index, unit, shape, strict=True))
+
+
+def _compute_unit(job: _Job, index: tuple[int, ...], kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+    """Read the unit + halo, run the kernel, check the shape of each returned array."""
+    shape = job.source.shape
+    target = _unit_region(index, unit_shape(job.outs[0]), shape)
+    read = tuple(
+        slice(max(0, t.start - h), min(n, t.stop + h))
+        for t, h, n in zip(target, job.halo, shape, strict=True)
+    )
+    block = np.asarray(job.source[read])
+    inner = tuple(slice(t.start - r.start, t.stop - r.start) for t, r in zip(target, read, strict=True))
+    result = job.kernel(block, region_in_block=inner, block_origin=tuple(r.start for r in read), **kwargs)
+    values = [np.asarray(v) for v in (result if isinstance(result, tuple) else (result,))]
+    name = getattr(job.kernel, "__name__", repr(job.kernel))
+    if len(values) != len(job.outs):
+        raise ShapeMismatchError(
+            name,
+            f"kernel returned {len(values)} array(s) for {len(job.outs)} output(s)",
+            remedy="Return one array per output, as a tuple when there are several.",
         )
-        block = np.asarray(job.source[read])
-        inner = tuple(slice(t.start - r.start, t.stop - r.start) for t, r in zip(target, read, strict=True))
-        origin = tuple(r.start for r in read)
-        values = np.asarray(
-            job.kernel(block, region_in_block=inner, block_origin=origin, **job.kernel_kwargs)
-        )
-        want = tuple(t.stop - t.start for t in target)
-        if values.shape != want:
+    for out, v in zip(job.outs, values, strict=True):
+        want = out.shape[: out.ndim - len(shape)] + tuple(t.stop - t.start for t in target)
+        if v.shape != want:
             raise ShapeMismatchError(
-                getattr(job.kernel, "__name__", repr(job.kernel)),
-                f"kernel returned shape {values.shape} for the output region {_fmt(target)} of shape {want}",
+                name,
+                f"kernel returned shape {v.shape} for the region {_fmt(target)} of "
+                f"{(out.name or 'output').lstrip('/')}, expected {want}",
                 remedy="Return the values of block[region_in_block] only (crop the halo away).",
             )
-        job.out[target] = values
-        stored += job.manifest.record(index, key)
-        done += 1
-        logical += values.size * job.out.dtype.itemsize
-    return done, reused, stored, logical
+    return values
 
 
 def _with_retries(fn: Callable[[], Any], retries: int) -> Any:
@@ -205,12 +240,14 @@ def _open_source(source: zarr.Array | tuple[str | Path, str]) -> zarr.Array:
 def map_to_zarr(
     kernel: Kernel,
     source: zarr.Array | tuple[str | Path, str],
-    out: zarr.Array,
+    out: zarr.Array | Sequence[zarr.Array],
     *,
     halo: int | Sequence[int] = 0,
     kernel_kwargs: Mapping[str, Any] | None = None,
+    shared: Mapping[str, Any] | None = None,
     task_shape: Sequence[int] | None = None,
     client: Any | None = None,
+    resources: Mapping[str, float] | None = None,
     retries: int = 2,
     run_key: str | None = None,
     quiet: bool = False,
@@ -221,25 +258,33 @@ def map_to_zarr(
     Parameters
     ----------
     kernel : callable
-        ``kernel(block, *, region_in_block, block_origin, **kernel_kwargs) -> ndarray``: ``block``
-        is the source window of shape ``unit + 2*halo`` (less where clipped at the
-        borders), ``block_origin`` the global index of ``block[0, ...]`` (for kernels
-        that depend on position, e.g. a global patch grid), ``region_in_block`` the
-        slices of the output unit inside it; returns
-        the unit's values, shape ``block[region_in_block].shape``. Pure and picklable.
+        ``kernel(block, *, region_in_block, block_origin, **kernel_kwargs, **shared)``:
+        ``block`` is the source window of shape ``unit + 2*halo`` (less where clipped
+        at the borders), ``block_origin`` the global index of ``block[0, ...]`` (for
+        kernels that depend on position, e.g. a global patch grid),
+        ``region_in_block`` the slices of the output unit inside it. Returns the
+        unit's values, shape ``block[region_in_block].shape`` (one array per output,
+        as a tuple, when ``out`` is a sequence). Pure and picklable.
     source : zarr.Array or (store path, array path)
-        Input, same shape as ``out``.
-    out : zarr.Array
-        Output, created by the caller in a local store (its chunks, shards, dtype
-        and codecs are used as they are).
+        Input, shape ``S``.
+    out : zarr.Array or sequence of zarr.Array
+        Output(s), created by the caller in a local store (chunks, shards, dtype and
+        codecs are used as they are). The first has shape ``S`` and sets the unit
+        of ownership; any further one has shape ``L + S`` with its leading axes
+        ``L`` in one chunk (e.g. class probabilities) and the same unit over ``S``.
     halo : int or sequence of int, keyword-only
         Extra elements read on each side, per axis.
     kernel_kwargs : mapping, optional, keyword-only
-        Extra keyword arguments of the kernel.
+        Small extra keyword arguments of the kernel, sent with every task.
+    shared : mapping, optional, keyword-only
+        Large extra keyword arguments (e.g. model weights), sent once to each
+        worker and shared by its tasks.
     task_shape : sequence of int, optional, keyword-only
         Elements per task; whole units only (see :func:`plan_tasks`).
     client : distributed.Client, optional, keyword-only
         Run on its cluster; without one, a local thread pool.
+    resources : mapping, optional, keyword-only
+        Worker resources each task holds under distributed, e.g. ``{"GPU": 1}``.
     retries : int, keyword-only
         Times a failed task is retried (dask task retries under distributed).
     run_key : str, optional, keyword-only
@@ -248,7 +293,7 @@ def map_to_zarr(
     quiet : bool, keyword-only
         No progress bar.
     name : str, optional, keyword-only
-        Name in the bar and the log line (default: the array's).
+        Name in the bar and the log line (default: the first output's).
 
     Returns
     -------
@@ -260,52 +305,25 @@ def map_to_zarr(
     SharedChunkWriteError
         If ``task_shape`` would split a chunk (shard) between tasks.
     ShapeMismatchError
-        If ``source`` and ``out`` differ in shape, or the kernel returns the wrong shape.
+        If the outputs do not fit ``source`` as above, or the kernel returns the wrong shape.
     Exception
         The first task error, after every other task has finished and been recorded.
     """
     started = time.perf_counter()
     source = _open_source(source)
-    if tuple(source.shape) != tuple(out.shape):
-        raise ShapeMismatchError(
-            out.name or "output", f"source shape {source.shape} differs from output shape {out.shape}"
-        )
-    halo_t = (halo,) * out.ndim if isinstance(halo, int) else tuple(int(h) for h in halo)
-    if len(halo_t) != out.ndim or min(halo_t, default=0) < 0:
-        raise ShapeMismatchError(
-            out.name or "output",
-            f"halo {halo} does not fit {out.ndim} axes",
-            remedy="Pass one non-negative halo per axis.",
-        )
-    regions = plan_tasks(out, task_shape=task_shape)
-    manifest = Manifest.for_array(out)
-    # Not complete while being written, even if an earlier run finished.
-    if COMPLETE_ATTR in out.attrs:
-        del out.attrs[COMPLETE_ATTR]
-    key = run_key or getattr(kernel, "__qualname__", type(kernel).__name__)
-    manifest.start(
-        {
-            "shape": list(out.shape),
-            "unit": list(unit_shape(out)),
-            "dtype": str(out.dtype),
-            "halo": list(halo_t),
-            "run_key": key,
-        }
-    )
-    job = _Job(kernel, source, out, halo_t, manifest, dict(kernel_kwargs or {}))
-    name = name or (out.name or "output").lstrip("/")
-    report = RunReport(
-        name=name,
-        chunks_total=math.prod(math.ceil(n / u) for n, u in zip(out.shape, unit_shape(out), strict=True)),
-    )
+    outs = (out,) if isinstance(out, zarr.Array) else tuple(out)
+    _check_outputs(source, outs)
+    halo_t = _halo_tuple(halo, outs[0])
+    regions = plan_tasks(outs[0], task_shape=task_shape)
+    manifest = _start_manifest(outs, halo_t, run_key or getattr(kernel, "__qualname__", repr(kernel)))
+    job = _Job(kernel, source, outs, halo_t, manifest, dict(kernel_kwargs or {}))
+    name = name or (outs[0].name or "output").lstrip("/")
+    report = RunReport(name=name, chunks_total=_unit_count(outs[0]))
     bar = Progress(name, report.chunks_total, quiet=quiet)
     errors: list[BaseException] = []
-    pool = None
-    if client is not None:
-        futures = client.map(partial(_run_task, job), regions, retries=retries, pure=False)
-    else:
-        pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
-        futures = [pool.submit(_with_retries, partial(_run_task, job, r), retries) for r in regions]
+    futures, pool = _submit(
+        job, regions, _Shared(dict(shared)) if shared else None, client, resources, retries
+    )
     try:
         for fut in iter_completed(futures):
             try:
@@ -327,5 +345,77 @@ def map_to_zarr(
     log.info(report.summary())
     if errors:
         raise errors[0]
-    out.attrs[COMPLETE_ATTR] = datetime.now(UTC).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for o in outs:
+        o.attrs[COMPLETE_ATTR] = stamp
     return report
+
+
+def _check_outputs(source: zarr.Array, outs: Sequence[zarr.Array]) -> None:
+    shape, unit = tuple(source.shape), unit_shape(outs[0])
+    if tuple(outs[0].shape) != shape:
+        raise ShapeMismatchError(
+            outs[0].name or "output", f"source shape {source.shape} differs from output shape {outs[0].shape}"
+        )
+    for o in outs[1:]:
+        lead = tuple(o.shape[: o.ndim - len(shape)])
+        if o.ndim < len(shape) or tuple(o.shape[len(lead) :]) != shape or unit_shape(o) != lead + unit:
+            raise ShapeMismatchError(
+                o.name or "output",
+                f"shape {o.shape} with unit {unit_shape(o)} does not extend the source shape {shape} "
+                f"with unit {unit}",
+                remedy="Give every further output shape L + source shape, chunked as L + the first output's unit.",
+            )
+
+
+def _halo_tuple(halo: int | Sequence[int], out: zarr.Array) -> tuple[int, ...]:
+    halo_t = (halo,) * out.ndim if isinstance(halo, int) else tuple(int(h) for h in halo)
+    if len(halo_t) != out.ndim or min(halo_t, default=0) < 0:
+        raise ShapeMismatchError(
+            out.name or "output",
+            f"halo {halo} does not fit {out.ndim} axes",
+            remedy="Pass one non-negative halo per axis.",
+        )
+    return halo_t
+
+
+def _unit_count(out: zarr.Array) -> int:
+    return math.prod(math.ceil(n / u) for n, u in zip(out.shape, unit_shape(out), strict=True))
+
+
+def _start_manifest(outs: Sequence[zarr.Array], halo: tuple[int, ...], run_key: str) -> Manifest:
+    manifest = Manifest.for_arrays(outs)
+    for o in outs:
+        # Not complete while being written, even if an earlier run finished.
+        if COMPLETE_ATTR in o.attrs:
+            del o.attrs[COMPLETE_ATTR]
+    manifest.start(
+        {
+            "shape": [list(o.shape) for o in outs],
+            "unit": [list(unit_shape(o)) for o in outs],
+            "dtype": [str(o.dtype) for o in outs],
+            "halo": list(halo),
+            "run_key": run_key,
+        }
+    )
+    return manifest
+
+
+def _submit(
+    job: _Job,
+    regions: Sequence[Region],
+    shared: _Shared | None,
+    client: Any | None,
+    resources: Mapping[str, float] | None,
+    retries: int,
+) -> tuple[list[Any], concurrent.futures.ThreadPoolExecutor | None]:
+    """Futures of every task: on the client's cluster, else on a local thread pool."""
+    if client is not None:
+        extra = {"shared": client.scatter(shared, broadcast=True, hash=False)} if shared else {}
+        futures = client.map(
+            partial(_run_task, job), regions, retries=retries, pure=False, resources=resources, **extra
+        )
+        return futures, None
+    pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+    task = partial(_run_task, job, shared=shared)
+    return [pool.submit(_with_retries, partial(task, r), retries) for r in regions], pool

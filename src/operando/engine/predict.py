@@ -28,11 +28,18 @@ import torch
 import zarr
 
 from operando.engine.blockwise import map_to_zarr, unit_shape
-from operando.engine.patches import Blend, PatchGrid, halo_for, labels_from_logits, predict_region
+from operando.engine.patches import (
+    Blend,
+    PatchGrid,
+    halo_for,
+    labels_from_logits,
+    predict_region,
+    probabilities,
+)
 from operando.engine.progress import RunReport
-from operando.errors import DeviceUnavailableError, ShapeMismatchError
+from operando.errors import DeviceUnavailableError, ModelOutputError, ShapeMismatchError
 
-__all__ = ["ModelRecipe", "grid_halo", "predict", "resolve_device"]
+__all__ = ["ModelRecipe", "grid_halo", "predict", "resolve_device", "worker_device"]
 
 
 # --------------------------------------------------------------------------- model
@@ -145,35 +152,65 @@ def grid_halo(grid: PatchGrid, unit: Sequence[int]) -> tuple[int, ...]:
     return tuple(halo)
 
 
-# --------------------------------------------------------------------------- kernel
+# --------------------------------------------------------------------------- kernels
 
 
-def _predict_labels(
+def _logits(
     block: np.ndarray,
-    *,
     region_in_block: tuple[slice, ...],
     block_origin: tuple[int, ...],
+    *,
     recipe: ModelRecipe,
     grid: PatchGrid,
     blend: Blend,
     batch_size: int,
     device: str,
+    autocast: bool,
 ) -> np.ndarray:
-    """Kernel: labels of one output unit from its chunk + halo block."""
-    origin = block_origin
-    region = tuple(slice(o + r.start, o + r.stop) for o, r in zip(origin, region_in_block, strict=True))
-    dev = resolve_device(device)
-    logits = predict_region(
-        block,
-        origin,
-        region,
-        grid,
-        _cached_model(recipe, dev),
-        blend=blend,
-        batch_size=batch_size,
-        device=dev,
-    )
-    return labels_from_logits(logits)
+    """Blended ``(C, …)`` logits of one output unit from its chunk + halo block."""
+    region = tuple(slice(o + r.start, o + r.stop) for o, r in zip(block_origin, region_in_block, strict=True))
+    dev = worker_device(device)
+    model = _cached_model(recipe, dev)
+    with torch.autocast(torch.device(dev).type, enabled=autocast and dev.startswith("cuda")):
+        return predict_region(
+            block, block_origin, region, grid, model, blend=blend, batch_size=batch_size, device=dev
+        )
+
+
+def _labels_kernel(block: np.ndarray, *, region_in_block, block_origin, **kw: Any) -> np.ndarray:
+    """Kernel: uint8 labels of one output unit."""
+    return labels_from_logits(_logits(block, region_in_block, block_origin, **kw))
+
+
+def _labels_and_probabilities_kernel(
+    block: np.ndarray, *, region_in_block, block_origin, **kw: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel: uint8 labels and float16 ``(C, …)`` probabilities of one output unit."""
+    logits = _logits(block, region_in_block, block_origin, **kw)
+    return labels_from_logits(logits), probabilities(logits)
+
+
+def worker_device(device: str) -> str:
+    """The torch device this process uses for ``device``.
+
+    ``"auto"`` is a GPU when this process sees one, else the CPU. With several GPUs
+    in one process's view (a LocalCluster on a multi-GPU node), worker ``i`` takes
+    GPU ``i mod n``, so one worker drives one GPU.
+    """
+    name = resolve_device(device)
+    if name != "cuda":
+        return name
+    n = torch.cuda.device_count()
+    return f"cuda:{_worker_index() % n}" if n > 1 else "cuda:0"
+
+
+def _worker_index() -> int:
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        return 0
 
 
 # --------------------------------------------------------------------------- API
@@ -190,6 +227,8 @@ def predict(
     axes: Sequence[int] | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    autocast: bool = False,
+    out_probabilities: zarr.Array | None = None,
     client: Any | None = None,
     quiet: bool = True,
 ) -> RunReport:
@@ -198,19 +237,26 @@ def predict(
     Parameters
     ----------
     source : zarr.Array
-        Input, any real dtype (cast to float32 per patch).
+        Input of shape ``S``, any real dtype (cast to float32 per patch).
     model : torch.nn.Module or ModelRecipe
         ``(B, 1, *patch)`` → ``(B, C, *patch)`` logits. A module is turned into a
         :class:`ModelRecipe` with its own class as factory, called without
         arguments; pass a recipe (:meth:`ModelRecipe.from_module`) for any other
         factory. Under a distributed client the factory must be importable in
-        the workers.
+        the workers; the weights are sent to each worker once.
     out_labels : zarr.Array
-        uint8 output of ``source``'s shape; every chunk (shard) is owned by one task.
+        uint8 output of shape ``S``; every chunk (shard) is owned by one task.
     patch, overlap, blend, axes, batch_size
         As :func:`operando.engine.patches.predict_region`.
     device : str, keyword-only
-        ``"auto"`` (GPU when the worker has one, else CPU), ``"cpu"``, ``"cuda"``…
+        ``"auto"`` (a GPU where the worker has one, else the CPU), ``"cpu"``,
+        ``"cuda"``… When the cluster's workers advertise the resource ``GPU``,
+        each task holds one, so a worker runs one GPU task at a time.
+    autocast : bool, keyword-only
+        Mixed precision (torch autocast) on a GPU; ignored on the CPU.
+    out_probabilities : zarr.Array, optional, keyword-only
+        float16 output of shape ``(C, *S)``, chunked ``(C, *unit of out_labels)``:
+        the softmax of the blended logits, written by the same tasks.
     client : distributed.Client, optional, keyword-only
         Run on its cluster; without one, a local thread pool.
     quiet : bool, keyword-only
@@ -226,8 +272,11 @@ def predict(
         If a CUDA device is requested where none is available.
     ShapeMismatchError
         If the shapes differ.
+    ModelOutputError
+        If the model's output does not have the patch's shape or the class count
+        of ``out_probabilities``.
     """
-    if device != "auto":
+    if device != "auto" and client is None:
         resolve_device(device)
     if tuple(source.shape) != tuple(out_labels.shape):
         raise ShapeMismatchError(
@@ -236,22 +285,49 @@ def predict(
         )
     grid = PatchGrid.build(source.shape, patch=patch, overlap=overlap, axes=axes)
     recipe = model if isinstance(model, ModelRecipe) else ModelRecipe.from_module(model)
-    halo = grid_halo(grid, unit_shape(out_labels))
-    run_key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{blend}"
+    _probe(recipe, grid, None if out_probabilities is None else out_probabilities.shape[0])
+    outs = [out_labels] if out_probabilities is None else [out_labels, out_probabilities]
+    kernel = _labels_kernel if out_probabilities is None else _labels_and_probabilities_kernel
+    key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{blend}:{len(outs)}"
     return map_to_zarr(
-        _predict_labels,
+        kernel,
         source,
-        out_labels,
-        halo=halo,
-        kernel_kwargs={
-            "recipe": recipe,
-            "grid": grid,
-            "blend": blend,
-            "batch_size": batch_size,
-            "device": device,
-        },
+        outs,
+        halo=grid_halo(grid, unit_shape(out_labels)),
+        kernel_kwargs={"grid": grid, "blend": blend, "batch_size": batch_size, "device": device}
+        | {"autocast": autocast},
+        shared={"recipe": recipe},
         client=client,
-        run_key=run_key,
+        resources={"GPU": 1} if device != "cpu" and _workers_have_gpus(client) else None,
+        run_key=key,
         quiet=quiet,
         name=(out_labels.name or "labels").lstrip("/"),
     )
+
+
+def _probe(recipe: ModelRecipe, grid: PatchGrid, channels: int | None) -> None:
+    """One patch through the model on the CPU here: a wrong output fails before any task runs."""
+    model = _cached_model(recipe, "cpu")
+    with torch.inference_mode():
+        y = model(torch.zeros((1, 1, *grid.patch)))
+    want = f"(1, {channels if channels is not None else 'C'}, {', '.join(map(str, grid.patch))})"
+    if not isinstance(y, torch.Tensor) or y.ndim != 2 + len(grid.patch) or tuple(y.shape[2:]) != grid.patch:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ModelOutputError(
+            recipe.factory,
+            f"output {got} for one patch, expected {want}",
+            remedy="The model must map (B, 1, *patch) to (B, C, *patch) logits of the same spatial size.",
+        )
+    if channels is not None and y.shape[1] != channels:
+        raise ModelOutputError(
+            recipe.factory,
+            f"{y.shape[1]} output channels, but the probabilities array has {channels} classes",
+            remedy="Create out_probabilities with one leading entry per model output channel.",
+        )
+
+
+def _workers_have_gpus(client: Any | None) -> bool:
+    if client is None:
+        return False
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
