@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import tifffile
 
 from operando.cli import main
+from operando.config import config
 from operando.io.store import COMPLETE_ATTR, open_dataset
 
 
@@ -84,7 +86,7 @@ def test_bad_input_is_one_line_and_exit_2(
     if args[0] == "ingest":
         args += ["-o", str(tmp_path / "out.zarr")]
     assert main(args) == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the cluster's lines
     assert err.startswith("operando: error: ") and message in err
     out = tmp_path / "out.zarr"
     assert not out.exists() or COMPLETE_ATTR not in (out / "zarr.json").read_text()
@@ -108,3 +110,34 @@ def test_console_script_runs() -> None:
     exe = shutil.which("operando") or str(Path(sys.executable).with_name("operando"))
     done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("operando ")
+
+
+def test_heavy_verbs_run_on_a_cluster_with_a_bar_and_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vol = _volume(tmp_path / "a.tif", (40, 30, 20))
+    args = ["ingest", "ct", str(vol), "--voxel-size", "1", "--jobs", "1", "--memory", "1GiB"]
+    assert main([*args, "-o", str(tmp_path / "loud.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert "local cluster: 1 worker processes" in err and "1.00 GiB each" in err
+    assert "dask dashboard at http" in err or "no dask dashboard" in err
+    assert "loud.zarr [####" in err and "chunks (0 reused)" in err
+    assert re.search(r"loud.zarr: (\d+) chunks done, 0 reused of \1, .* peak worker memory \d+ MiB", err)
+    assert main([*args, "-o", str(tmp_path / "quiet.zarr"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(
+        open_dataset(tmp_path / "quiet.zarr").intensity.values,
+        open_dataset(tmp_path / "loud.zarr").intensity.values,
+    )
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vol = _volume(tmp_path / "a.tif")
+    args = ["ingest", "ct", str(vol), "--voxel-size", "1", "-o", str(tmp_path / "o.zarr")]
+    with config.set({"cluster.timeout": 2}):
+        assert main([*args, "--cluster", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "operando: error: " in err and "no dask scheduler answers at tcp://127.0.0.1:9" in err
+    assert not (tmp_path / "o.zarr").exists()

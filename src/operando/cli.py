@@ -8,11 +8,15 @@ and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from operando import __version__
+from operando.engine.cluster import add_cluster_arguments, spec_from_args
 from operando.errors import ConfigError, OperandoError
 
 __all__ = ["main"]
@@ -22,12 +26,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``operando`` command line; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         args.run(args)
     except OperandoError as err:
         print(f"operando: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _configure_logging(*, quiet: bool) -> None:
+    """operando's own log lines (e.g. a step's final report) on stderr; warnings only with --quiet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("operando: %(message)s"))
+    logger = logging.getLogger("operando")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _add_heavy(p: argparse.ArgumentParser) -> None:
+    """The flags of every verb that runs on a dask cluster."""
+    add_cluster_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, cluster lines or final report")
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[Any]:
+    """The client of the cluster the flags (over the config) describe; its lines go to stderr."""
+    from operando.engine.cluster import connect
+
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    with connect(spec_from_args(args), echo=echo) as client:
+        yield client
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -100,6 +131,7 @@ def _add_common_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output .zarr dataset")
     p.add_argument("--dataset-path", help="dataset inside HDF5 inputs, e.g. /exchange/data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+    _add_heavy(p)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -150,31 +182,38 @@ def _run_ingest_ct(args: argparse.Namespace) -> None:
             f"{len(args.times)} times for {len(args.inputs)} volumes",
             remedy="Give one time per input volume.",
         )
-    out = ingest_ct(
-        args.inputs,
-        args.output,
-        voxel_size_um=args.voxel_size,
-        times_min=args.times,
-        dataset_path=args.dataset_path,
-        overwrite=args.overwrite,
-    )
+    with _cluster(args) as client:
+        out = ingest_ct(
+            args.inputs,
+            args.output,
+            voxel_size_um=args.voxel_size,
+            times_min=args.times,
+            dataset_path=args.dataset_path,
+            overwrite=args.overwrite,
+            client=client,
+            quiet=args.quiet,
+        )
     print(f"wrote {out}")
 
 
 def _run_ingest_xanes(args: argparse.Namespace) -> None:
     from operando.io.ingest import ingest_xanes, read_energies
 
-    out = ingest_xanes(
-        args.sample,
-        args.flat,
-        args.output,
-        energies_ev=None if args.energies is None else read_energies(args.energies),
-        dark=args.dark,
-        scans=args.scans,
-        pixel_size_um=args.pixel_size,
-        dataset_path=args.dataset_path,
-        overwrite=args.overwrite,
-    )
+    energies = None if args.energies is None else read_energies(args.energies)
+    with _cluster(args) as client:
+        out = ingest_xanes(
+            args.sample,
+            args.flat,
+            args.output,
+            energies_ev=energies,
+            dark=args.dark,
+            scans=args.scans,
+            pixel_size_um=args.pixel_size,
+            dataset_path=args.dataset_path,
+            overwrite=args.overwrite,
+            client=client,
+            quiet=args.quiet,
+        )
     print(f"wrote {out}")
 
 

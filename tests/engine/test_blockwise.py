@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks
+from operando.engine.progress import compute_with_progress
 from operando.errors import ShapeMismatchError, SharedChunkWriteError
 from operando.io.store import COMPLETE_ATTR
 
@@ -219,3 +220,18 @@ def test_resources_limit_concurrent_tasks_per_worker(tmp_path):
     spans = sorted(tuple(map(float, p.read_text().split())) for p in tmp_path.glob("*-(*"))
     assert len(spans) == 4
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("distributed_run", [False, True])
+def test_compute_with_progress_counts_chunk_writes(tmp_path, capsys, client, distributed_run):
+    import dask.array as da
+
+    data = np.random.default_rng(9).random((12, 10))
+    target = zarr.create_array(store=str(tmp_path / "w.zarr"), shape=data.shape, chunks=(4, 5), dtype="f8")
+    writes = da.from_array(data, chunks=(4, 5)).store(target, compute=False, lock=False)
+    report = compute_with_progress(writes, name="w", client=client if distributed_run else None)
+    assert (report.chunks_done, report.chunks_total) == (6, 6)
+    assert (
+        capsys.readouterr().err.rstrip().endswith("w [##############################] 6/6 chunks (0 reused)")
+    )
+    np.testing.assert_array_equal(target[...], data)

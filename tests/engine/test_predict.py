@@ -121,7 +121,12 @@ def test_probabilities_are_the_softmax_of_the_whole_array_pass(tmp_path):
     opts = {"patch": (8, 8), "overlap": 0.25, "blend": "gaussian"}
     logits = predict_array(data, net, **opts)
     src, out = _arrays(tmp_path, data, (6, 10))
-    probs = zarr.create_array(store=str(tmp_path / "run.zarr" / "probabilities"), shape=(3, 21, 19), chunks=(3, 6, 10), dtype="float16")
+    probs = zarr.create_array(
+        store=str(tmp_path / "run.zarr" / "probabilities"),
+        shape=(3, 21, 19),
+        chunks=(3, 6, 10),
+        dtype="float16",
+    )
     predict(src, net, out, out_probabilities=probs, device="cpu", **opts)
     np.testing.assert_array_equal(out[...], labels_from_logits(logits))
     np.testing.assert_array_equal(probs[...], probabilities(logits))
@@ -131,7 +136,9 @@ def test_probabilities_are_the_softmax_of_the_whole_array_pass(tmp_path):
 def test_probabilities_with_the_wrong_class_count_are_refused_before_running(tmp_path):
     data = np.zeros((8, 8), np.float32)
     src, out = _arrays(tmp_path, data, (4, 4))
-    probs = zarr.create_array(store=str(tmp_path / "run.zarr" / "probabilities"), shape=(5, 8, 8), chunks=(5, 4, 4), dtype="float16")
+    probs = zarr.create_array(
+        store=str(tmp_path / "run.zarr" / "probabilities"), shape=(5, 8, 8), chunks=(5, 4, 4), dtype="float16"
+    )
     with pytest.raises(ModelOutputError, match="3 output channels, but the probabilities array has 5"):
         predict(src, SmallNet(), out, out_probabilities=probs, patch=4)
     assert out.nchunks_initialized == 0

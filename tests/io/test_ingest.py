@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -37,6 +37,8 @@ volumes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.
 
 
 @given(vol=volumes, fmt=st.sampled_from(["tif", "npy"]), voxel=st.floats(0.1, 10))
+# tifffile stores a (1, 2, 1) volume as one (1, 2) page: frames must take the series' shape.
+@example(vol=np.array([[[[0], [1]]]], np.uint8), fmt="tif", voxel=1.0)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_ct_round_trip(
     tmp_path_factory: pytest.TempPathFactory, vol: np.ndarray, fmt: str, voxel: float

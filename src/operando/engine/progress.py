@@ -17,7 +17,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["Progress", "RunReport", "iter_completed", "peak_worker_memory"]
+import dask
+from dask.callbacks import Callback
+from dask.core import flatten
+
+__all__ = ["Progress", "RunReport", "compute_with_progress", "iter_completed", "peak_worker_memory"]
 
 log = logging.getLogger("operando.engine")
 
@@ -90,16 +94,18 @@ class Progress:
 
     def advance(self, done: int, reused: int = 0) -> None:
         """Count ``done`` more units, of which ``reused`` were skipped."""
+        if not done:
+            return
         self.done += done
         self.reused += reused
         now = time.monotonic()
         # Redrawing more than ~10 times a second only costs terminal time.
-        if now - self._last > 0.1 or self.done >= self.total:
+        if now - self._last > 0.1:
             self._last = now
             self._draw()
 
     def close(self) -> None:
-        """End the bar's line."""
+        """Draw the final state and end the bar's line."""
         if not self.quiet:
             self._draw()
             self.stream.write("\n")
@@ -140,3 +146,56 @@ def peak_worker_memory(client: Any | None = None) -> int:
     except Exception:  # a worker lost at the very end must not fail a finished run
         log.debug("could not read worker memory", exc_info=True)
         return 0
+
+
+def compute_with_progress(
+    collection: Any,
+    *,
+    name: str,
+    client: Any | None = None,
+    quiet: bool = False,
+    unit_prefix: str = "store-map",
+) -> RunReport:
+    """Compute a dask collection (e.g. ``to_zarr(compute=False)``) with the bar and the final log line.
+
+    The bar counts the graph's tasks whose name starts with ``unit_prefix`` (the
+    per-chunk writes of ``dask.array.store``; every task when there are none).
+    Under ``client`` the bar is fed from the futures of those tasks; without one
+    the local threaded scheduler runs the graph and a callback feeds it.
+    """
+    started = time.perf_counter()
+    graph = collection.__dask_graph__()
+    final = list(flatten(collection.__dask_keys__()))
+    units = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith(unit_prefix)]
+    units = units or [k for k in graph if k not in final]
+    bar = Progress(name, len(units), quiet=quiet)
+    try:
+        if client is None:
+            with _CountTasks(set(units), bar):
+                dask.compute(collection, scheduler="threads")
+        else:
+            unit_set = set(units)
+            futures = client.get(graph, units + [k for k in final if k not in unit_set], sync=False)
+            unit_futures = set(futures[: len(units)])
+            for fut in iter_completed(futures):
+                fut.result()
+                bar.advance(int(fut in unit_futures))
+    finally:
+        bar.close()
+    report = RunReport(name, len(units), chunks_done=len(units), seconds=time.perf_counter() - started)
+    report.peak_worker_memory = peak_worker_memory(client)
+    return report
+
+
+class _CountTasks(Callback):
+    """Advance a bar when one of ``keys`` finishes on a local scheduler."""
+
+    def __init__(self, keys: set[Any], bar: Progress) -> None:
+        super().__init__()
+        self.keys, self.bar = keys, bar
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        # A key may be reported more than once (nested callback registrations); count it once.
+        if key in self.keys:
+            self.keys.discard(key)
+            self.bar.advance(1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -147,6 +148,8 @@ def ingest_ct(
     times_min: Sequence[float] | None = None,
     dataset_path: str | None = None,
     overwrite: bool = False,
+    client: Any | None = None,
+    quiet: bool = True,
 ) -> Path:
     """Ingest a CT time series, one volume per timestep, into ``output``.
 
@@ -165,6 +168,10 @@ def ingest_ct(
         Dataset inside HDF5 inputs, or array inside zarr stores.
     overwrite : bool, keyword-only
         Replace an existing dataset at ``output``.
+    client : distributed.Client, optional, keyword-only
+        Compute on its cluster; without one, dask's local threaded scheduler.
+    quiet : bool, keyword-only
+        No progress bar.
 
     Returns
     -------
@@ -173,7 +180,7 @@ def ingest_ct(
     """
     _fail_fast(output, overwrite, inputs)
     ds = build_ct(inputs, voxel_size_um=voxel_size_um, times_min=times_min, dataset_path=dataset_path)
-    return write_dataset(ds, output, overwrite=overwrite)
+    return write_dataset(ds, output, overwrite=overwrite, client=client, quiet=quiet)
 
 
 # ------------------------------------------------------------------------- XANES
@@ -244,6 +251,8 @@ def ingest_xanes(
     pixel_size_um: float | None = None,
     dataset_path: str | None = None,
     overwrite: bool = False,
+    client: Any | None = None,
+    quiet: bool = True,
 ) -> Path:
     """Ingest XANES transmission frames as ``absorbance`` (float32; scan, energy, y, x).
 
@@ -268,6 +277,10 @@ def ingest_xanes(
         Dataset inside HDF5 inputs.
     overwrite : bool, keyword-only
         Replace an existing dataset at ``output``.
+    client : distributed.Client, optional, keyword-only
+        Compute on its cluster; without one, dask's local threaded scheduler.
+    quiet : bool, keyword-only
+        No progress bar.
 
     Returns
     -------
@@ -286,10 +299,10 @@ def ingest_xanes(
         pixel_size_um=pixel_size_um,
         dataset_path=dataset_path,
     )
-    output = write_dataset(ds, output, overwrite=overwrite, complete=False)
+    output = write_dataset(ds, output, overwrite=overwrite, complete=False, client=client, quiet=quiet)
     # Counted from the written result, so the inputs are read only once.
     arr = zarr.open_array(str(output), path="absorbance", mode="r+")
-    clipped = count_clipped(da.from_zarr(arr))
+    clipped = count_clipped(da.from_zarr(arr), client=client)
     arr.attrs["clipped_pixels"] = clipped
     if clipped:
         log.warning(

@@ -16,11 +16,13 @@ looks whole:
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import warnings
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -28,6 +30,7 @@ import zarr
 
 from operando import __version__
 from operando.config import config
+from operando.engine.progress import compute_with_progress
 from operando.errors import (
     DatasetLayoutError,
     IncompleteDatasetError,
@@ -36,6 +39,8 @@ from operando.errors import (
 )
 from operando.io.chunking import choose_chunks
 from operando.io.codecs import compressors
+
+log = logging.getLogger("operando.io")
 
 __all__ = [
     "COMPLETE_ATTR",
@@ -98,6 +103,8 @@ def write_dataset(
     target_mib: float | None = None,
     energy_chunk: int | None = None,
     complete: bool = True,
+    client: Any | None = None,
+    quiet: bool = True,
 ) -> Path:
     """Write ``ds`` to a zarr v3 dataset at ``path`` chunk by chunk, then mark it complete.
 
@@ -116,6 +123,10 @@ def write_dataset(
         Override ``codec.name``, ``codec.level``, ``chunks.target_mib``, ``chunks.energy``.
     complete : bool, keyword-only
         Mark the dataset complete at the end (pass False when more groups follow).
+    client : distributed.Client, optional, keyword-only
+        Compute on its cluster; without one, dask's local threaded scheduler.
+    quiet : bool, keyword-only
+        No progress bar.
 
     Returns
     -------
@@ -150,7 +161,7 @@ def write_dataset(
             chunked[name] = var.chunk(dict(zip(var.dims, chunks, strict=True)))
     out = ds.assign(chunked)
     out.attrs = {**ds.attrs, "operando:version": __version__}
-    out.to_zarr(
+    writes = out.to_zarr(
         path,
         group=group,
         mode="w-" if group is None else "w",
@@ -158,7 +169,13 @@ def write_dataset(
         consolidated=False,
         write_empty_chunks=True,
         encoding=encoding,
+        compute=False,
     )
+    report = compute_with_progress(
+        writes, name=f"{path.name}{'/' + group if group else ''}", client=client, quiet=quiet
+    )
+    report.nbytes_logical = sum(v.nbytes for v in out.data_vars.values())
+    log.info(report.summary())
     if complete:
         mark_complete(path)
     return path

@@ -11,6 +11,8 @@ NaN or inf.
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask.array as da
 import numpy as np
 
@@ -73,6 +75,6 @@ def _absorbance_block(sample: np.ndarray, flat: np.ndarray, dark: np.ndarray | N
     return absorbance(sample, flat, dark)[0]
 
 
-def count_clipped(absorbance_data: da.Array) -> int:
-    """Clipped pixels in an absorbance array written by :func:`lazy_absorbance`."""
-    return int((absorbance_data >= MAX_ABSORBANCE).sum().compute())
+def count_clipped(absorbance_data: da.Array, *, client: Any | None = None) -> int:
+    """Clipped pixels in an absorbance array written by :func:`lazy_absorbance` (on ``client`` if given)."""
+    return int((absorbance_data >= MAX_ABSORBANCE).sum().compute(scheduler=client))

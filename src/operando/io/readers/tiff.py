@@ -159,7 +159,7 @@ def _read_pages(path: Path, start: int, stop: int, window: Window) -> np.ndarray
         if len(series.pages) != n:
             # Not one page per frame (e.g. a tiny volume written as one page): read it whole.
             return series.asarray().reshape(n, y, x)[start:stop][(slice(None), *window)]
-        return np.stack([_read_window(series.pages[i], window) for i in range(start, stop)])
+        return np.stack([_read_window(series.pages[i], window, (y, x)) for i in range(start, stop)])
 
 
 def _read_slices(folder: Path, start: int, stop: int, window: Window) -> np.ndarray:
@@ -167,19 +167,25 @@ def _read_slices(folder: Path, start: int, stop: int, window: Window) -> np.ndar
     out = []
     for f in files[start:stop]:
         with tifffile.TiffFile(f) as tf:
-            out.append(_read_window(tf.pages.first, window))
+            page = tf.pages.first
+            out.append(_read_window(page, window, tf.series[0].shape[-2:]))
     return np.stack(out)
 
 
-def _read_window(page: tifffile.TiffPage, window: Window) -> np.ndarray:
-    """One page cropped to ``window``; uncompressed pages read only the window's bytes."""
+def _read_window(page: tifffile.TiffPage, window: Window, frame: tuple[int, int]) -> np.ndarray:
+    """One page, seen as a ``frame``-shaped image, cropped to ``window``.
+
+    Uncompressed pages read only the window's bytes. ``frame`` comes from the
+    series, not the page: tifffile may give a page of a ``(n, 2, 1)`` volume the
+    shape ``(1, 2)``; the bytes are the same in C order.
+    """
     if page.is_memmappable:
         mapped = np.memmap(
             page.parent.filehandle.path,
             dtype=page.dtype.newbyteorder(page.parent.byteorder),
             mode="r",
             offset=page.dataoffsets[0],
-            shape=page.shape[-2:],
+            shape=tuple(frame),
         )
         return np.array(mapped[window], dtype=page.dtype)
-    return page.asarray().reshape(page.shape[-2:])[window]
+    return page.asarray().reshape(frame)[window]
