@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import partial
 
 __all__ = [
+    "ArchitectureError",
     "BlendModeError",
     "ConfigError",
     "DatasetLayoutError",
@@ -28,6 +29,7 @@ __all__ = [
     "InputError",
     "InputNotFoundError",
     "LabelRangeError",
+    "LabelsError",
     "ModelOutputError",
     "NonFiniteInputError",
     "OperandoError",
@@ -38,9 +40,12 @@ __all__ = [
     "RegionError",
     "ShapeMismatchError",
     "SharedChunkWriteError",
+    "TrainingDataError",
     "TruncatedFileError",
     "UnsupportedDtypeError",
     "UnsupportedFormatError",
+    "WeightsFileError",
+    "WeightsTamperedError",
 ]
 
 
@@ -207,3 +212,33 @@ class DeviceUnavailableError(InputError):
     """A compute device (e.g. a CUDA GPU) was requested where none is available."""
 
     remedy = 'Pass device="auto" (a GPU when present, else the CPU) or device="cpu", or run on a machine with a GPU.'
+
+
+class WeightsFileError(InputError):
+    """A weights file is not a readable operando safetensors file (foreign, truncated, malformed header)."""
+
+    remedy = "Pass a .safetensors file written by operando (operando train, or operando.models.weights.save_model)."
+
+
+class WeightsTamperedError(InputError):
+    """A weights file's tensors do not match the checksum recorded in its header."""
+
+    remedy = "The file was altered or corrupted after it was written: retrain, or restore it from a copy."
+
+
+class ArchitectureError(InputError):
+    """A network architecture, preset or its arguments are unknown or inconsistent."""
+
+    remedy = "Use one of the architectures operando provides (ResidualUNet, DualUNet, CycleGAN) and a known preset."
+
+
+class LabelsError(InputError):
+    """Training labels do not fit the image or the classes (shape, values, time matching)."""
+
+    remedy = "Give one label image per labelled timestep, of the image's (z, y, x) shape, with 0 = unlabelled and 1..K = the --classes."
+
+
+class TrainingDataError(InputError):
+    """There is not enough labelled data to train, validate and test."""
+
+    remedy = "Label more pixels: at least a few slices per split with every class present somewhere."
