@@ -69,6 +69,8 @@ def _build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_synth(verbs)
     _add_ingest(verbs)
+    _add_train(verbs)
+    _add_predict(verbs)
     info = verbs.add_parser(
         "info", help="describe a dataset: variables, chunks, codec, size, coordinates, completeness"
     )
@@ -132,6 +134,74 @@ def _add_common_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-path", help="dataset inside HDF5 inputs, e.g. /exchange/data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     _add_heavy(p)
+
+
+def _add_train(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "train", help="train a Residual U-Net on sparse labels (0 = unlabelled, 1..K = --classes)"
+    )
+    p.add_argument("image", type=Path, help="dataset (.zarr) with a (time, z, y, x) image")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        required=True,
+        help="label TIFF of one timestep (repeat), or a zarr store with --labels-var",
+    )
+    p.add_argument(
+        "--classes", type=_name_list, required=True, help="names of labels 1..K, e.g. background,pit"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="weights file (.safetensors)")
+    p.add_argument(
+        "--labels-time", type=_int_list, help="time index of each --labels file (default: *_t{index} names)"
+    )
+    p.add_argument("--labels-var", help="label variable (time, z, y, x) of a zarr --labels store")
+    p.add_argument("--variable", default="intensity", help="image variable (default intensity)")
+    p.add_argument("--preset", default="small", choices=("small", "paper"), help="network size")
+    p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="axis of the labelled slices")
+    p.add_argument("--3d", dest="three_d", action="store_true", help="3D patches instead of 2D slices")
+    p.add_argument("--patch", type=int, help="patch edge in voxels (default 64, 128 for paper)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--steps-per-round", type=int, default=50, help="training steps between validations")
+    p.add_argument("--patience", type=int, default=10, help="stop after this many rounds without improvement")
+    p.add_argument(
+        "--time-limit", type=float, default=3600.0, metavar="S", help="wall-clock limit in seconds"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--init", type=Path, help="start from these weights (same classes and architecture)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=_run_train)
+
+
+def _add_predict(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "predict", help="predict labels with a trained model (drafts to correct: label = draft + 1)"
+    )
+    p.add_argument("image", type=Path, help="dataset (.zarr) with a (time, z, y, x) image")
+    p.add_argument("--model", type=Path, required=True, help="weights file (.safetensors)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output dataset (.zarr)")
+    p.add_argument("--variable", default="intensity", help="image variable (default intensity)")
+    p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="2D models: slices across this axis")
+    p.add_argument("--patch", type=int, help="patch edge (default 256 in 2D, 64 in 3D)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--blend", default="mean", choices=("mean", "gaussian"))
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities (float16)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+    _add_heavy(p)
+    p.set_defaults(run=_run_predict)
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
+    return names
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -215,6 +285,88 @@ def _run_ingest_xanes(args: argparse.Namespace) -> None:
             quiet=args.quiet,
         )
     print(f"wrote {out}")
+
+
+def _open_labels(args: argparse.Namespace, shape: tuple[int, ...]) -> Any:
+    from operando.models.labels import open_label_tiffs, open_label_zarr
+
+    if args.labels_var is None:
+        stores = [p for p in args.labels if p.is_dir()]
+        if stores:
+            raise ConfigError(
+                "--labels",
+                f"{stores[0]} is a folder",
+                remedy="Pass --labels-var NAME for a zarr label store.",
+            )
+        return open_label_tiffs(
+            args.labels, image_shape=shape, n_classes=len(args.classes), times=args.labels_time
+        )
+    if len(args.labels) != 1:
+        raise ConfigError(
+            "--labels", f"{len(args.labels)} stores given with --labels-var; pass one zarr store"
+        )
+    return open_label_zarr(
+        args.labels[0], variable=args.labels_var, image_shape=shape, n_classes=len(args.classes)
+    )
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from operando.errors import DatasetLayoutError, OutputExistsError
+    from operando.io.store import open_dataset
+    from operando.models.training import TrainingConfig, save_result, train
+
+    if args.output.exists() and not args.overwrite:
+        raise OutputExistsError(args.output, "output path exists already")
+    ds = open_dataset(args.image)
+    if args.variable not in ds or ds[args.variable].dims != ("time", "z", "y", "x"):
+        raise DatasetLayoutError(f"{args.image}:{args.variable}", "no variable with dims (time, z, y, x)")
+    image = ds[args.variable].data
+    labels = _open_labels(args, image.shape)
+    config = TrainingConfig(
+        classes=args.classes,
+        spatial_dims=3 if args.three_d else 2,
+        axis="zyx".index(args.axis),
+        preset=args.preset,
+        patch=args.patch,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        steps_per_round=args.steps_per_round,
+        patience=args.patience,
+        time_limit_s=args.time_limit,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=args.device,
+        init=args.init,
+    )
+    echo = None if args.quiet else (lambda line: print(f"operando: {line}", file=sys.stderr))
+    result = train(image, labels, config, progress=echo)
+    weights, curve = save_result(result, args.output, provenance={"image": f"{args.image}:{args.variable}"})
+    print(f"test split ({len(result.split.test)} slices):")
+    print(result.test.table())
+    print(f"wrote {weights} and {curve}")
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from operando.models.labels import predict_drafts
+
+    with _cluster(args) as client:
+        out = predict_drafts(
+            args.image,
+            args.model,
+            args.output,
+            variable=args.variable,
+            axis=args.axis,
+            patch=args.patch,
+            overlap=args.overlap,
+            blend=args.blend,
+            probabilities=args.probabilities,
+            batch_size=args.batch_size,
+            device=args.device,
+            overwrite=args.overwrite,
+            client=client,
+            quiet=args.quiet,
+        )
+    print(f"wrote {out} (labels = class index; as training labels use labels + 1)")
 
 
 if __name__ == "__main__":

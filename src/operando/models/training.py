@@ -1,0 +1,412 @@
+"""Training a Residual U-Net on sparse labels (the paper's iterative workflow).
+
+Labelled slices along one axis are split by slice into train / validation / test.
+Each *round* runs ``steps_per_round`` Adam steps on class-balanced patches centred
+on labelled voxels (flips, 90° rotations, intensity jitter), then scores the
+validation slices with the same sliding-window pass as inference. Training stops
+after ``patience`` rounds without a better validation mean IoU, or at the time
+limit (the paper: 10 rounds, 1 hour); the best weights are kept and scored on the
+test slices. Unlabelled voxels (label 0) never enter the loss.
+
+With several visible GPUs and a CUDA device, :func:`train` runs one process per
+GPU under ``DistributedDataParallel`` (rank 0 validates and decides when to stop).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from operando.engine.patches import predict_array
+from operando.engine.predict import resolve_device
+from operando.errors import ArchitectureError, ConfigError, LabelsError, TrainingDataError
+from operando.models.labels import SparseLabels
+from operando.models.metrics import SegmentationMetrics
+from operando.models.sampling import PatchSource, Split, split_slices
+
+__all__ = ["TrainingConfig", "TrainingResult", "masked_cross_entropy", "plot_curve", "save_result", "train"]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Options of :func:`train`.
+
+    Attributes
+    ----------
+    classes : tuple of str
+        Names of labels ``1..K`` (network classes ``0..K-1``).
+    spatial_dims : {2, 3}
+        2D slices along ``axis`` or 3D cubes.
+    axis : int
+        Spatial axis (0 z, 1 y, 2 x) of the labelled slices and the split.
+    preset : str
+        ``ResidualUNet`` preset.
+    patch : int, optional
+        Patch edge; a multiple of the network's divisor (default 64, 128 for ``paper``).
+    """
+
+    classes: tuple[str, ...]
+    spatial_dims: int = 2
+    axis: int = 2
+    preset: str = "small"
+    patch: int | None = None
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    steps_per_round: int = 50
+    max_rounds: int = 10_000
+    patience: int = 10
+    time_limit_s: float = 3600.0
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    seed: int = 0
+    augment: bool = True
+    rotate: bool = True
+    jitter: float = 0.1
+    device: str = "auto"
+    init: Path | None = None
+
+
+@dataclass
+class TrainingResult:
+    """The best network (eval mode, CPU), its normalisation, the curve and the test metrics."""
+
+    network: torch.nn.Module
+    normalization: Any
+    classes: tuple[str, ...]
+    history: list[dict] = field(default_factory=list)
+    test: SegmentationMetrics | None = None
+    split: Split | None = None
+    provenance: dict = field(default_factory=dict)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over labelled voxels only.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (B, K, *S)
+    labels : Tensor of shape (B, *S)
+        Training labels ``0..K``; 0 = unlabelled, ignored (no loss, no gradient).
+
+    Returns
+    -------
+    Tensor, scalar
+        Mean over labelled voxels (0 with a zero gradient when none is labelled).
+    """
+    target = labels.long() - 1
+    if not bool((target >= 0).any()):
+        return logits.sum() * 0.0  # cross_entropy's mean over nothing would be NaN
+    return F.cross_entropy(logits, target, ignore_index=-1)
+
+
+def _build_network(config: TrainingConfig) -> tuple[torch.nn.Module, Any]:
+    """A fresh preset network, or the one in ``config.init`` (checked) with its normalisation."""
+    from operando.models.networks import ResidualUNet
+
+    if config.init is None:
+        net = ResidualUNet.preset(
+            config.preset, spatial_dims=config.spatial_dims, out_channels=len(config.classes)
+        )
+        return net, None
+    from operando.models.weights import load_model
+
+    net, header = load_model(config.init)
+    if tuple(header.classes) != tuple(config.classes):
+        raise LabelsError(
+            config.init,
+            f"classes {','.join(header.classes)} differ from --classes {','.join(config.classes)}",
+            remedy="Continue training only with the classes (and order) of the --init model.",
+        )
+    if header.arguments.get("spatial_dims") != config.spatial_dims:
+        raise ArchitectureError(
+            config.init,
+            f"the model is {header.arguments.get('spatial_dims')}D but training asks for {config.spatial_dims}D",
+            remedy="Train with the --init model's dimensionality (--3d or not).",
+        )
+    return net, header.normalization
+
+
+def _patch_size(config: TrainingConfig, divisor: int) -> int:
+    patch = config.patch or (128 if config.preset == "paper" else 64)
+    if patch < divisor or patch % divisor:
+        raise ConfigError(
+            "--patch",
+            f"{patch} is not a positive multiple of the network's divisor {divisor}",
+            remedy=f"Pass a multiple of {divisor}, e.g. {max(divisor, 64 // divisor * divisor)}.",
+        )
+    return patch
+
+
+def evaluate(
+    network: torch.nn.Module,
+    source: PatchSource,
+    keys: Sequence[tuple[int, int]],
+    *,
+    classes: Sequence[str],
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> SegmentationMetrics:
+    """Score whole labelled slices with the inference sliding window (25 % overlap, mean blend)."""
+    network.eval()
+    total = SegmentationMetrics(tuple(classes), np.zeros((len(classes),) * 2, np.int64))
+    with torch.inference_mode():
+        for key in keys:
+            img, lab, index = source.eval_pair(key)
+            logits = predict_array(
+                img, network, patch=source.patch, overlap=0.25, batch_size=batch_size, device=device
+            )
+            pred = logits.argmax(axis=0)
+            if index is not None:
+                pred = np.take(pred, index, axis=source.axis)
+            total = total + SegmentationMetrics.from_arrays(pred, lab, classes=classes)
+    return total
+
+
+def _fit_normalization(image: da.Array, times: Sequence[int], seed: int):
+    from operando.models.normalization import fit_normalization
+
+    return fit_normalization(da.stack([image[t] for t in times]), seed=seed)
+
+
+def _prepare(image: da.Array, labels: SparseLabels, config: TrainingConfig):
+    """Counts, split, network, normalisation and patch source of a run."""
+    if labels.n_classes != len(config.classes):
+        raise LabelsError(
+            "--classes", f"{len(config.classes)} names for labels with {labels.n_classes} classes"
+        )
+    if config.spatial_dims not in (2, 3) or config.axis not in (0, 1, 2):
+        raise ConfigError(
+            "training", f"spatial_dims {config.spatial_dims} / axis {config.axis}: need 2|3 and 0|1|2"
+        )
+    counts = labels.slice_counts(config.axis)
+    if not counts:
+        raise TrainingDataError(
+            ", ".join(labels.sources) or "labels", "no voxel is labelled (all values are 0)"
+        )
+    split = split_slices(list(counts), fractions=config.fractions, seed=config.seed)
+    network, normalization = _build_network(config)
+    patch = _patch_size(config, network.divisor)
+    if normalization is None:
+        normalization = _fit_normalization(image, sorted({t for t, _ in split.train}), config.seed)
+    source = PatchSource(
+        image,
+        labels,
+        axis=config.axis,
+        spatial_dims=config.spatial_dims,
+        patch=patch,
+        normalize=normalization.apply,
+    )
+    return counts, split, network, normalization, source
+
+
+def train(
+    image: da.Array,
+    labels: SparseLabels,
+    config: TrainingConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> TrainingResult:
+    """Train a ``ResidualUNet`` on sparse labels of ``image``.
+
+    Parameters
+    ----------
+    image : dask.array.Array of shape (T, Z, Y, X)
+        The image, read patch by patch (never whole).
+    labels : SparseLabels
+        Labels ``0..K`` of some timesteps (0 = unlabelled).
+    config : TrainingConfig
+    progress : callable, optional, keyword-only
+        Receives one line per round (loss, validation IoU).
+
+    Returns
+    -------
+    TrainingResult
+
+    Raises
+    ------
+    LabelsError, TrainingDataError, ConfigError, ArchitectureError, DeviceUnavailableError
+    """
+    start = time.monotonic()
+    device = resolve_device(config.device)
+    counts, split, network, normalization, source = _prepare(image, labels, config)
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        state, history = _train_ddp(network, source, split, config)
+        network.load_state_dict(state)
+    else:
+        history = _fit(network, source, split, config, device=device, progress=progress, start=start)
+    network = network.cpu().eval()
+    test = evaluate(network, source, split.test, classes=config.classes)
+    elapsed = time.monotonic() - start
+    totals = np.sum(list(counts.values()), axis=0)
+    provenance = {
+        "training": {
+            "labels": list(labels.sources),
+            "label_voxels": dict(zip(config.classes, (int(n) for n in totals[1:]), strict=True)),
+            "axis": "zyx"[config.axis],
+            "spatial_dims": config.spatial_dims,
+            "patch": source.patch,
+            "split": split.to_dict(),
+            "rounds": len(history),
+            "steps_per_round": config.steps_per_round,
+            "seconds": round(elapsed, 1),
+            "init": None if config.init is None else str(config.init),
+            "best_validation_mean_iou": max((h["val_mean_iou"] for h in history), default=None),
+        },
+        "test": test.to_dict(),
+    }
+    return TrainingResult(network, normalization, tuple(config.classes), history, test, split, provenance)
+
+
+def _fit(
+    network: torch.nn.Module,
+    source: PatchSource,
+    split: Split,
+    config: TrainingConfig,
+    *,
+    device: str,
+    progress: Callable[[str], None] | None,
+    start: float,
+    rank: int = 0,
+    world: int = 1,
+    wrapped: torch.nn.Module | None = None,
+) -> list[dict]:
+    """The round loop; keeps the best validation weights in ``network``. Returns the history."""
+    rng = np.random.default_rng(config.seed + 7919 * rank)
+    torch.manual_seed(config.seed)
+    model = (wrapped or network).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    aug = {"rotate": config.rotate, "jitter": config.jitter} if config.augment else None
+    weights = np.full(len(split.train), 1 / len(split.train))
+    best, best_state, stale, history = -math.inf, None, 0, []
+    for rnd in range(1, config.max_rounds + 1):
+        model.train()
+        losses = []
+        for _ in range(config.steps_per_round):
+            x, y = source.batch(split.train, weights, config.batch_size, rng, aug=aug)
+            loss = masked_cross_entropy(
+                model(torch.from_numpy(x[:, None]).to(device)), torch.from_numpy(y).to(device)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if time.monotonic() - start > config.time_limit_s:
+                break
+        stop = False
+        if rank == 0:
+            val = evaluate(network, source, split.validation, classes=config.classes, device=device)
+            history.append(
+                {
+                    "round": rnd,
+                    "loss": float(np.mean(losses)),
+                    "val_mean_iou": val.mean_iou,
+                    "val_accuracy": val.accuracy,
+                    "seconds": round(time.monotonic() - start, 1),
+                }
+            )
+            if val.mean_iou > best:
+                best, best_state, stale = val.mean_iou, copy.deepcopy(network.state_dict()), 0
+            else:
+                stale += 1
+            if progress is not None:
+                progress(
+                    f"round {rnd}: loss {history[-1]['loss']:.4f}  validation mean IoU {val.mean_iou:.3f}"
+                    f"  accuracy {val.accuracy:.3f}  ({history[-1]['seconds']:.0f} s)"
+                )
+            stop = stale >= config.patience or time.monotonic() - start > config.time_limit_s
+        if world > 1:
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        if stop:
+            break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    return history
+
+
+def _train_ddp(network: torch.nn.Module, source: PatchSource, split: Split, config: TrainingConfig):
+    """One process per GPU (DistributedDataParallel); returns rank 0's best state and history."""
+    world = torch.cuda.device_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "best.pt"
+        torch.multiprocessing.spawn(
+            _ddp_worker, args=(world, network, source, split, config, out), nprocs=world
+        )
+        saved = torch.load(out, weights_only=True)
+    return saved["state"], saved["history"]
+
+
+def _ddp_worker(rank: int, world: int, network, source, split, config, out: Path) -> None:  # pragma: no cover
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    torch.distributed.init_process_group("nccl", rank=rank, world_size=world)
+    try:
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+        network = network.to(device)
+        wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=[rank])
+        history = _fit(
+            network,
+            source,
+            split,
+            config,
+            device=device,
+            progress=print if rank == 0 else None,
+            start=time.monotonic(),
+            rank=rank,
+            world=world,
+            wrapped=wrapped,
+        )
+        if rank == 0:
+            state = {k: v.cpu() for k, v in network.state_dict().items()}
+            torch.save({"state": state, "history": history}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def plot_curve(history: Sequence[Mapping], path: str | Path) -> Path:
+    """Training loss and validation mean IoU per round, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rounds = [h["round"] for h in history]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(rounds, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cross-entropy", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(rounds, [h["val_mean_iou"] for h in history], color="tab:orange", label="validation mean IoU")
+    ax2.set_ylabel("validation mean IoU", color="tab:orange")
+    ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def save_result(
+    result: TrainingResult, path: str | Path, *, provenance: Mapping | None = None
+) -> tuple[Path, Path]:
+    """Write the weights (safetensors) and the curve PNG ``<stem>.curve.png`` beside them."""
+    from operando.models.weights import save_model
+
+    path = Path(path)
+    prov = {**result.provenance, **(provenance or {})}
+    out = save_model(
+        path, result.network, classes=result.classes, normalization=result.normalization, provenance=prov
+    )
+    return out, plot_curve(result.history, path.with_name(path.stem + ".curve.png"))

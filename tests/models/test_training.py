@@ -1,0 +1,277 @@
+"""Training on sparse labels: the ignore label, splits, patches, and a real run on synthetic CT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from operando.engine.patches import predict_array
+from operando.errors import ArchitectureError, ConfigError, LabelsError, TrainingDataError
+from operando.io import open_dataset
+from operando.models.labels import SparseLabels, open_label_tiffs
+from operando.models.metrics import SegmentationMetrics
+from operando.models.networks import ResidualUNet
+from operando.models.sampling import PatchSource, augment, split_slices
+from operando.models.training import TrainingConfig, masked_cross_entropy, save_result, train
+from operando.models.weights import read_header, save_model
+from operando.synth import synth_ct
+
+# The paper's first model: background (electrolyte), Li (electrode, deposited and
+# dendrites together) and pits, from sparse 2D labels.
+CLASSES = ("background", "lithium", "pit")
+MERGE = np.array([1, 2, 2, 2, 3], np.uint8)  # truth class → training label
+LABELLED_X = tuple(range(1, 64, 4))
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def _labels(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(1, 4, shape)
+    lab[rng.random(shape) < 0.7] = 0
+    return torch.from_numpy(lab)
+
+
+def test_unlabelled_logits_change_neither_loss_nor_gradient():
+    labels = _labels((2, 8, 8), 0)
+    logits = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    loss = masked_cross_entropy(logits, labels)
+    (grad,) = torch.autograd.grad(loss, logits)
+    unlabelled = (labels == 0)[:, None].expand_as(logits)
+    assert torch.all(grad[unlabelled] == 0)
+    assert torch.any(grad[~unlabelled] != 0)
+    moved = (logits.detach() + 50 * torch.randn_like(logits) * unlabelled).requires_grad_(True)
+    loss2 = masked_cross_entropy(moved, labels)
+    (grad2,) = torch.autograd.grad(loss2, moved)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-12)
+    torch.testing.assert_close(grad2, grad, rtol=0, atol=1e-15)
+
+
+def test_loss_equals_plain_cross_entropy_over_labelled_pixels_only():
+    """The network's parameter gradient is the one of the labelled pixels alone."""
+    torch.manual_seed(0)
+    net = ResidualUNet.preset("small", spatial_dims=2, out_channels=3).eval()
+    x, labels = torch.rand(2, 1, 16, 16), _labels((2, 16, 16), 1)
+    logits = net(x)
+    keep = labels > 0
+    reference = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[keep], labels[keep] - 1)
+    loss = masked_cross_entropy(logits, labels)
+    torch.testing.assert_close(loss, reference)
+    g_loss = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+    g_ref = torch.autograd.grad(reference, list(net.parameters()))
+    for a, b in zip(g_loss, g_ref, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_batch_without_labels_gives_zero_loss_and_gradient_not_nan():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = masked_cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == 0.0 and torch.all(grad == 0)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_split_is_by_slice_disjoint_deterministic_and_complete():
+    keys = [(t, i) for t in range(2) for i in range(10)]
+    a = split_slices(keys, seed=3)
+    assert a == split_slices(list(reversed(keys)), seed=3)
+    assert (len(a.train), len(a.validation), len(a.test)) == (14, 3, 3)
+    assert sorted(a.train + a.validation + a.test) == keys
+    assert split_slices(keys, seed=4) != a
+    small = split_slices([(0, 0), (0, 5), (1, 2)], seed=0)
+    assert len(small.train) == len(small.validation) == len(small.test) == 1
+    with pytest.raises(TrainingDataError, match="2 labelled slice"):
+        split_slices([(0, 0), (0, 1)])
+
+
+def test_augmentation_moves_labels_with_the_image():
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 8)).astype(np.float32)
+    y = (x > 0.5).astype(np.uint8) + 1
+    seen = set()
+    for _ in range(30):
+        xa, ya = augment(x, y, rng, rotate=True, jitter=0.0)
+        np.testing.assert_array_equal(ya, (xa > 0.5) + 1)
+        seen.add(xa.tobytes())
+    assert len(seen) > 4  # flips and rotations really happen
+    xj, _ = augment(x, y, np.random.default_rng(1), rotate=False, jitter=0.2)
+    assert not np.allclose(np.sort(xj.ravel()), np.sort(x.ravel()))
+
+
+class _Memory:
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def read(self, box):
+        return self.a[box]
+
+
+def test_cubes_keep_only_their_split_labels_and_patches_centre_on_labels():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(1, 3, (1, 8, 8, 8)).astype(np.uint8)
+    image = da.from_array(rng.random((1, 8, 8, 8)).astype(np.float32), chunks=(1, 4, 4, 4))
+    labels = SparseLabels({0: _Memory(lab[0])}, (8, 8, 8), 2)
+    src = PatchSource(image, labels, axis=2, spatial_dims=3, patch=4, normalize=lambda a: a)
+    x, y = src.cube((0, 4), (2, 2), keep={(0, 4), (0, 5)})
+    assert x.shape == y.shape == (4, 4, 4)
+    np.testing.assert_array_equal(x, image[0, 2:6, 2:6, 2:6].compute())
+    np.testing.assert_array_equal(y[:, :, 2:4], lab[0, 2:6, 2:6, 4:6])
+    assert not y[:, :, :2].any()  # slices 2 and 3 belong to another split
+    flat = SparseLabels({0: _Memory(np.pad(lab[0, :, :, :1], ((0, 0), (0, 0), (0, 7))))}, (8, 8, 8), 2)
+    src2 = PatchSource(image, flat, axis=2, spatial_dims=2, patch=4, normalize=lambda a: a)
+    for _ in range(5):
+        _, y2 = src2.sample((0, 0), {(0, 0)}, rng)
+        assert y2.shape == (4, 4) and y2.any()
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory) -> tuple[Path, np.ndarray, list[Path]]:
+    """Synthetic CT at full charge (no misalignment, so the truth fits every timestep) and sparse labels."""
+    root = tmp_path_factory.mktemp("train")
+    path = synth_ct(
+        root / "cell.zarr",
+        shape=(2, 32, 64, 64),
+        seed=1,
+        times_min=[100.0, 120.0],
+        charge_end_min=120.0,
+        n_pits=16,
+        max_angle_deg=0.0,
+        max_shift_voxels=0.0,
+    )
+    truth = MERGE[open_dataset(path, group="truth").labels.values]
+    files = []
+    for t in range(2):
+        sparse = np.zeros_like(truth[t])
+        sparse[:, :, LABELLED_X] = truth[t][:, :, LABELLED_X]
+        files.append(root / f"labels_t{t}.tif")
+        tifffile.imwrite(files[-1], sparse, photometric="minisblack")
+    return path, truth, files
+
+
+@pytest.fixture(scope="module")
+def trained(cell):
+    path, _, files = cell
+    image = open_dataset(path).intensity.data
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    config = TrainingConfig(
+        classes=CLASSES, axis=2, patch=32, steps_per_round=20, patience=6, time_limit_s=120, device="cpu"
+    )
+    lines: list[str] = []
+    return train(image, labels, config, progress=lines.append), lines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_small_preset_reaches_090_mean_iou_on_held_out_slices(cell, trained):
+    path, truth, _ = cell
+    result, lines = trained
+    image = open_dataset(path).intensity.values
+    total = SegmentationMetrics(CLASSES, np.zeros((3, 3), np.int64))
+    held_out = [x for x in range(64) if x not in LABELLED_X]
+    for t in range(2):
+        for x in held_out[::3]:
+            logits = predict_array(result.normalization.apply(image[t, :, :, x]), result.network, patch=32)
+            total = total + SegmentationMetrics.from_arrays(
+                logits.argmax(0), truth[t, :, :, x], classes=CLASSES
+            )
+    assert total.mean_iou >= 0.90, total.table()
+    assert min(total.iou.values()) >= 0.75, total.table()
+    assert lines and lines[0].startswith("round 1: loss") and "validation mean IoU" in lines[0]
+    assert result.test.mean_iou >= 0.80, result.test.table()  # the few test slices of the split
+
+
+@pytest.mark.slow
+def test_saved_result_carries_metrics_and_curve_and_init_checks(cell, trained, tmp_path: Path):
+    path, _, files = cell
+    result, _ = trained
+    weights, curve = save_result(result, tmp_path / "model.safetensors", provenance={"image": str(path)})
+    assert curve == tmp_path / "model.curve.png" and curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = read_header(weights)
+    assert header.classes == CLASSES and header.normalization == result.normalization
+    prov = header.provenance
+    assert prov["test"]["mean_iou"] == pytest.approx(result.test.mean_iou, abs=1e-6)
+    assert prov["training"]["rounds"] == len(result.history)
+    assert sum(prov["training"]["label_voxels"].values()) == 2 * 32 * 64 * len(LABELLED_X)
+    image = open_dataset(path).intensity.data
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    resumed = train(
+        image,
+        labels,
+        TrainingConfig(
+            classes=CLASSES, patch=32, steps_per_round=2, max_rounds=1, init=weights, device="cpu"
+        ),
+    )
+    # one round of 2 small steps from the trained weights stays close to them
+    assert resumed.normalization == result.normalization
+    assert resumed.test.mean_iou >= result.test.mean_iou - 0.15
+    with pytest.raises(LabelsError, match="classes background,lithium,pit differ from --classes"):
+        train(image, labels, TrainingConfig(classes=("a", "b", "c"), init=weights, device="cpu"))
+    with pytest.raises(ArchitectureError, match="the model is 2D but training asks for 3D"):
+        train(image, labels, TrainingConfig(classes=CLASSES, spatial_dims=3, init=weights, device="cpu"))
+
+
+def test_bad_training_inputs_are_refused(tmp_path: Path):
+    image = da.zeros((1, 4, 8, 8), np.float32, chunks=(1, 4, 8, 8))
+    empty = np.zeros((4, 8, 8), np.uint8)
+    tifffile.imwrite(tmp_path / "e_t0.tif", empty, photometric="minisblack")
+    labels = open_label_tiffs([tmp_path / "e_t0.tif"], image_shape=image.shape, n_classes=2)
+    with pytest.raises(TrainingDataError, match="no voxel is labelled"):
+        train(image, labels, TrainingConfig(classes=("a", "b"), device="cpu"))
+    with pytest.raises(LabelsError, match="3 names for labels with 2 classes"):
+        train(image, labels, TrainingConfig(classes=("a", "b", "c"), device="cpu"))
+    some = empty.copy()
+    some[:, :, :4] = 1
+    tifffile.imwrite(tmp_path / "s_t0.tif", some, photometric="minisblack")
+    labels = open_label_tiffs([tmp_path / "s_t0.tif"], image_shape=image.shape, n_classes=2)
+    with pytest.raises(ConfigError, match="6 is not a positive multiple of the network's divisor 4"):
+        train(image, labels, TrainingConfig(classes=("a", "b"), patch=6, device="cpu"))
+
+
+def test_saved_untrained_model_is_loadable_as_init(tmp_path: Path):
+    """--init works from any operando weights file of the same classes (here an untrained one)."""
+    net = ResidualUNet.preset("small", spatial_dims=2, out_channels=2)
+    weights = save_model(tmp_path / "m.safetensors", net, classes=("a", "b"))
+    image = da.from_array(np.random.default_rng(0).random((1, 4, 8, 8), dtype=np.float32), chunks=-1)
+    lab = np.zeros((4, 8, 8), np.uint8)
+    lab[:, :4, :] = 1
+    lab[:, 4:, :] = 2
+    tifffile.imwrite(tmp_path / "l_t0.tif", lab, photometric="minisblack")
+    labels = open_label_tiffs([tmp_path / "l_t0.tif"], image_shape=image.shape, n_classes=2)
+    cfg = TrainingConfig(
+        classes=("a", "b"), patch=8, steps_per_round=1, max_rounds=1, init=weights, device="cpu"
+    )
+    result = train(image, labels, cfg)
+    assert len(result.history) == 1 and result.normalization is not None
+    assert result.provenance["training"]["init"] == str(weights)
+
+
+@pytest.mark.slow
+def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
+    path, _, files = cell
+    image = open_dataset(path).intensity.data
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    cfg = TrainingConfig(
+        classes=CLASSES,
+        spatial_dims=3,
+        axis=2,
+        patch=16,
+        steps_per_round=2,
+        max_rounds=2,
+        batch_size=2,
+        device="cpu",
+    )
+    result = train(image, labels, cfg)
+    assert result.network.arguments["spatial_dims"] == 3 and len(result.history) == 2
+    # the test split is scored on its labelled slices only: 32 × 64 voxels each
+    assert result.test.confusion.sum() == 32 * 64 * len(result.split.test)
