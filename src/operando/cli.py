@@ -347,7 +347,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from operando.models.labels import predict_drafts
+    from operando.models.drafts import predict_drafts
 
     with _cluster(args) as client:
         out = predict_drafts(

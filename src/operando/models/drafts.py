@@ -1,0 +1,141 @@
+"""Drafts: a trained model's labels of a whole dataset, out of core, to correct and train on.
+
+The second paper's iterative workflow: ``operando predict`` writes drafts that a
+labelling tool (napari) opens; corrected slices, as ``draft + 1`` (0 stays free
+for "unlabelled"), feed the next ``operando train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from operando.errors import LabelsError
+from operando.models.labels import AXES
+
+__all__ = ["MAX_CHUNK_VOXELS", "predict_drafts"]
+
+
+#: Largest label chunk: a task holds chunk × classes × 8 bytes of blended logits.
+MAX_CHUNK_VOXELS = 8 * 1024 * 1024
+
+
+def _label_chunks(shape: Sequence[int]) -> tuple[int, ...]:
+    """(1, z, y, x) chunks of at most :data:`MAX_CHUNK_VOXELS`: halve the longest axis until they fit."""
+    chunks = [1, *(int(n) for n in shape[1:])]
+    while int(np.prod(chunks)) > MAX_CHUNK_VOXELS:
+        i = 1 + int(np.argmax(chunks[1:]))
+        chunks[i] = (chunks[i] + 1) // 2
+    return tuple(chunks)
+
+
+def predict_drafts(
+    image: str | Path,
+    model: str | Path,
+    output: str | Path,
+    *,
+    variable: str = "intensity",
+    axis: str = "x",
+    patch: int | None = None,
+    overlap: float = 0.25,
+    blend: str = "mean",
+    probabilities: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
+    client: object | None = None,
+    quiet: bool = True,
+) -> Path:
+    """Predicted labels of a ``(time, z, y, x)`` dataset, as drafts to correct and train on.
+
+    The output dataset holds ``labels`` (time, z, y, x) uint8 with the model's
+    class *indices* ``0..K-1`` (CF flag attributes name them) and, with
+    ``probabilities``, ``probabilities`` (class, time, z, y, x) float16. As
+    training labels a draft is ``labels + 1`` (0 is kept for "unlabelled").
+    Metadata goes first, :func:`operando.engine.predict.predict` fills the arrays
+    chunk by chunk, and the store is marked complete last.
+
+    Parameters
+    ----------
+    image : path
+        Dataset with ``variable`` of dims (time, z, y, x).
+    model : path
+        Weights file (:func:`operando.models.weights.save_model`).
+    output : path
+        New zarr dataset.
+    axis : {"z", "y", "x"}, keyword-only
+        2D models run on the slices across this axis; ignored for 3D models.
+    patch : int, optional, keyword-only
+        Patch edge (default 256 in 2D, 64 in 3D, rounded to the network's divisor).
+    overlap, blend, batch_size, device, client, quiet
+        As :func:`operando.engine.predict.predict`.
+
+    Returns
+    -------
+    Path
+    """
+    import dask.array as da
+    import xarray as xr
+
+    from operando.engine.predict import predict
+    from operando.io.layout import label_attrs
+    from operando.io.store import mark_complete, open_dataset, prepare_output
+    from operando.models.weights import inference_recipe, read_header
+
+    header = read_header(model)
+    ds = open_dataset(image)
+    if variable not in ds or ds[variable].dims != ("time", "z", "y", "x"):
+        raise LabelsError(f"{image}:{variable}", "no variable with dims (time, z, y, x) to predict")
+    if axis not in AXES:
+        raise LabelsError("--axis", f"{axis!r} is not one of z, y, x")
+    dims = int(header.arguments.get("spatial_dims", 2))
+    divisor = 2 ** (len(header.arguments.get("channels", (1,))) - 1)
+    edge = patch or (256 if dims == 2 else 64)
+    edge = max(divisor, edge // divisor * divisor)
+    axes = (1, 2, 3) if dims == 3 else tuple(1 + i for i in range(3) if AXES[i] != axis)
+    shape = ds[variable].shape
+    chunks = _label_chunks(shape)
+    out = prepare_output(output, overwrite=overwrite, inputs=(Path(image),))
+    classes = list(header.classes)
+    attrs = label_attrs(classes) | {
+        "comment": "class index 0..K-1 of the model; as training labels (0 = unlabelled) use labels + 1"
+    }
+    data = {"labels": (ds[variable].dims, da.zeros(shape, dtype=np.uint8, chunks=chunks), attrs)}
+    encoding = {"labels": {"chunks": chunks, "_FillValue": None}}
+    coords = {d: ds[d].variable for d in ("time", "z", "y", "x")}
+    if probabilities:
+        data["probabilities"] = (
+            ("class", *ds[variable].dims),
+            da.zeros((len(classes), *shape), dtype=np.float16, chunks=(len(classes), *chunks)),
+        )
+        encoding["probabilities"] = {"chunks": (len(classes), *chunks)}
+        coords["class"] = xr.Variable("class", np.arange(len(classes)), label_attrs(classes))
+    meta = {
+        "model": str(model),
+        "source": f"{image}:{variable}",
+        "classes": classes,
+        "axis": axis,
+        "modality": ds.attrs.get("modality", "ct"),
+    }
+    xr.Dataset(data, coords=coords, attrs=meta).to_zarr(
+        out, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=encoding
+    )
+    predict(
+        zarr.open_array(str(Path(image) / variable), mode="r"),
+        inference_recipe(model),
+        zarr.open_array(str(out / "labels"), mode="r+"),
+        patch=edge,
+        overlap=overlap,
+        blend=blend,
+        axes=axes,
+        batch_size=batch_size,
+        device=device,
+        out_probabilities=zarr.open_array(str(out / "probabilities"), mode="r+") if probabilities else None,
+        client=client,
+        quiet=quiet,
+    )
+    mark_complete(out)
+    return out
