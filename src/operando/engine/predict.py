@@ -39,7 +39,7 @@ from operando.engine.patches import (
 from operando.engine.progress import RunReport
 from operando.errors import DeviceUnavailableError, ModelOutputError, ShapeMismatchError
 
-__all__ = ["ModelRecipe", "grid_halo", "predict", "resolve_device", "worker_device"]
+__all__ = ["ModelRecipe", "grid_halo", "import_target", "predict", "resolve_device", "worker_device"]
 
 
 # --------------------------------------------------------------------------- model
@@ -49,7 +49,8 @@ def _qualified(factory: Callable[..., torch.nn.Module]) -> str:
     return f"{factory.__module__}:{factory.__qualname__}"
 
 
-def _import(path: str) -> Callable[..., torch.nn.Module]:
+def import_target(path: str) -> Any:
+    """The object named ``"module:qualname"`` (e.g. a model factory), imported."""
     module, _, qualname = path.partition(":")
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
@@ -101,7 +102,7 @@ class ModelRecipe:
 
     def build(self) -> torch.nn.Module:
         """A fresh module in eval mode with the recipe's weights."""
-        model = _import(self.factory)(**self.kwargs)
+        model = import_target(self.factory)(**self.kwargs)
         model.load_state_dict({name: torch.from_numpy(a.copy()) for name, a in self.state}, strict=True)
         return model.eval()
 

@@ -18,7 +18,6 @@ ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import tempfile
@@ -33,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import operando
-from operando.engine.predict import ModelRecipe, resolve_device
+from operando.engine.predict import ModelRecipe, import_target, resolve_device
 from operando.errors import (
     ArchitectureError,
     ConfigError,
@@ -80,21 +79,13 @@ def register_architecture(name: str, target: str) -> None:
     ARCHITECTURES[name] = target
 
 
-def _import_target(target: str) -> Any:
-    module, _, qualname = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def resolve_architecture(name: str) -> type[torch.nn.Module]:
     """The class registered as ``name``; :class:`ArchitectureError` when unknown or not importable."""
     target = ARCHITECTURES.get(name)
     if target is None:
         raise ArchitectureError(f"architecture {name!r}", f"unknown; known: {sorted(ARCHITECTURES)}")
     try:
-        cls = _import_target(target)
+        cls = import_target(target)
     except (ImportError, AttributeError) as exc:
         raise ArchitectureError(f"architecture {name!r}", f"cannot import {target}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
