@@ -17,8 +17,11 @@ from functools import partial
 
 __all__ = [
     "ArchitectureError",
+    "AxisError",
     "BlendModeError",
+    "ClassNameError",
     "ConfigError",
+    "CropError",
     "DatasetLayoutError",
     "DeviceUnavailableError",
     "EnergyListError",
@@ -37,13 +40,16 @@ __all__ = [
     "PatchAxesError",
     "PatchOverlapError",
     "PatchSizeError",
+    "ReferenceIndexError",
     "RegionError",
+    "RegistrationError",
     "ShapeMismatchError",
     "SharedChunkWriteError",
     "TrainingDataError",
     "TruncatedFileError",
     "UnsupportedDtypeError",
     "UnsupportedFormatError",
+    "VoxelSizeError",
     "WeightsFileError",
     "WeightsTamperedError",
 ]
@@ -242,3 +248,39 @@ class TrainingDataError(InputError):
     """There is not enough labelled data to train, validate and test."""
 
     remedy = "Label more pixels: at least a few slices per split with every class present somewhere."
+
+
+class ClassNameError(InputError):
+    """A class name is not among the label variable's classes (its CF ``flag_meanings``)."""
+
+    remedy = "Use the class names stored with the labels (see `operando info`), spelled exactly."
+
+
+class AxisError(InputError):
+    """An axis name (e.g. the electrode normal) is not a spatial dimension of the data."""
+
+    remedy = "Name one of the dataset's spatial dimensions, e.g. --normal-axis z."
+
+
+class CropError(InputError):
+    """A crop is malformed or selects nothing inside the volume."""
+
+    remedy = "Give crops as dim=start:stop in voxels (negative counts from the end), e.g. --crop y=12:-12,x=12:-12."
+
+
+class ReferenceIndexError(InputError):
+    """A reference timestep index lies outside the series."""
+
+    remedy = "Pass a time index in [-T, T), e.g. --reference -1 for the last timestep."
+
+
+class VoxelSizeError(InputError):
+    """Timesteps (or datasets combined) do not share one voxel size."""
+
+    remedy = "Resample the volumes to a common voxel size before combining them."
+
+
+class RegistrationError(OperandoError, RuntimeError):
+    """A registration did not converge; its transform is not applied."""
+
+    remedy = "Check the overlap between the volumes, or try --sub-volumes / a larger --shrink or more iterations."
