@@ -1,0 +1,1 @@
+"""Analysis of operando CT time series: rigid registration, and what follows it."""
