@@ -119,6 +119,8 @@ def predict_drafts(
         "classes": classes,
         "axis": axis,
         "modality": ds.attrs.get("modality", "ct"),
+        # the statistics need the geometry of the image the labels describe
+        **{k: ds.attrs[k] for k in ("voxel_size_um", "normal_axis") if k in ds.attrs},
     }
     xr.Dataset(data, coords=coords, attrs=meta).to_zarr(
         out, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=encoding
