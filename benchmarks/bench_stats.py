@@ -1,0 +1,122 @@
+"""Throughput of ``cell_statistics`` against the raw zarr read + decompress rate of the labels.
+
+A phantom segmentation (``make_ct`` truth labels, T × N³ uint8) is written once
+with ``write_dataset`` (default codec, chunks of ``--target-mib``). Then, each in
+a fresh process so that peak RSS is its own:
+
+raw     read and decompress every chunk through dask (``da.from_zarr``), no compute;
+stats   ``cell_statistics(open_dataset(store)["labels"])``, computed.
+
+Throughput is voxels/s (uncompressed bytes/s for uint8); the goal is
+stats / raw ≥ 0.8. Each timing is the best of ``--repeat`` runs.
+
+Run::
+
+    /work/venv/bin/python benchmarks/bench_stats.py                 # 4 × 256³, writes results/stats.md
+    /work/venv/bin/python benchmarks/bench_stats.py --size 128 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_markdown
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "stats.md"
+
+
+def make_store(path: Path, t: int, n: int, target_mib: float) -> None:
+    """Write phantom truth labels of shape (t, n, n, n) as an operando dataset."""
+    from operando.io.store import write_dataset
+    from operando.synth.ct import make_ct
+
+    _, truth = make_ct(shape=(t, n, n, n), max_angle_deg=0, max_shift_voxels=0)
+    ds = truth[["labels"]].drop_vars(["class", "axis"], errors="ignore")
+    ds.attrs.update(voxel_size_um=1.33, normal_axis="z")
+    write_dataset(ds, path, target_mib=target_mib)
+
+
+def run_one(kind: str, path: str) -> dict[str, float]:
+    """One timed run in this process: ``raw`` or ``stats``."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from operando.analysis.ct.stats import cell_statistics
+    from operando.io import open_dataset
+
+    labels = open_dataset(path)["labels"]
+    start = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        if kind == "raw":
+            arr = da.from_zarr(str(Path(path) / "labels"))
+            arr.map_blocks(lambda b: np.zeros((1,) * b.ndim, b.dtype), chunks=(1,) * arr.ndim).compute()
+        else:
+            cell_statistics(labels)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "voxels": float(labels.size), "peak_rss_mb": peak}
+
+
+def measure(kind: str, path: Path, repeat: int) -> dict[str, float]:
+    runs = []
+    for _ in range(repeat):
+        cmd = [sys.executable, __file__, "--child", kind, str(path)]
+        runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    best = min(runs, key=lambda r: r["seconds"])
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--target-mib", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(*args.child)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "seg.zarr"
+        make_store(store, args.times, args.size, args.target_mib)
+        chunks = _chunks(store)
+        rows = {kind: measure(kind, store, args.repeat) for kind in ("raw", "stats")}
+    rate = {k: r["voxels"] / r["seconds"] / 1e6 for k, r in rows.items()}
+    table = [
+        f"Labels {args.times} × {args.size}³ uint8, chunks {chunks}, best of {args.repeat}.",
+        "",
+        "| pass | seconds | Mvoxel/s | peak RSS MB |",
+        "|---|---|---|---|",
+        *(f"| {k} | {r['seconds']:.2f} | {rate[k]:.0f} | {r['peak_rss_mb']:.0f} |" for k, r in rows.items()),
+        "",
+        f"**stats / raw = {rate['stats'] / rate['raw']:.2f}** (goal ≥ 0.8)",
+    ]
+    text = "\n".join(table)
+    print(text)
+    if not args.no_write:
+        RESULTS.write_text(
+            f"# CT statistics benchmark (`benchmarks/bench_stats.py`)\n\n{text}\n\n{machine_markdown()}\n"
+        )
+
+
+def _chunks(store: Path) -> tuple[int, ...]:
+    import zarr
+
+    return zarr.open_array(store / "labels", mode="r").chunks
+
+
+if __name__ == "__main__":
+    main()

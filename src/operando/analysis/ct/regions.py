@@ -1,0 +1,229 @@
+"""Regions of a segmented Li-metal cell: crops, class roles and the split by depth.
+
+The model labels both electrodes ``electrode`` and all uniformly plated Li
+``deposited``; as in the paper, the cell is cut by a plane parallel to the
+electrodes, halfway between them, and each class is renamed by its side:
+electrode → ``stripping_electrode`` / ``plating_electrode``, deposited Li →
+``redeposited_li`` (stripping side) / ``deposited_li`` (plating side).
+
+The plane is found from the data, per timestep, by a cheap pass: the electrode
+voxel count per slice along the normal, on a strided subset of in-plane chunk
+columns (about one in nine, see :func:`sample_blocks`). The gap is the longest
+run of slices whose electrode fraction is below one half; the plane is its
+middle. Only the full statistics pass then reads every chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import dask
+import dask.array as da
+import numpy as np
+
+from operando.errors import AxisError, ClassNameError, ConfigError, CropError, LabelRangeError
+
+__all__ = [
+    "ROLES",
+    "SIDES",
+    "SPLIT_CLASSES",
+    "choose_plating_side",
+    "depth_profiles",
+    "parse_crop",
+    "resolve_normal",
+    "resolve_roles",
+    "sample_blocks",
+    "split_planes",
+]
+
+#: The model's classes, by role (matched by name; rename with ``class_names``).
+ROLES = ("background", "electrode", "deposited", "dendrite", "pit")
+#: Classes after the split by depth, in output order.
+SPLIT_CLASSES = (
+    "background",
+    "stripping_electrode",
+    "plating_electrode",
+    "deposited_li",
+    "redeposited_li",
+    "dendrite",
+    "pit",
+)
+SIDES = ("stripping", "plating")
+
+_CROP_ITEM = re.compile(r"^\s*(\w+)\s*=\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
+
+
+def parse_crop(text: str | None, sizes: Mapping[str, int]) -> dict[str, slice]:
+    """Parse ``"y=12:-12,x=12:-12"`` into ``{dim: slice}`` of voxel indices.
+
+    Parameters
+    ----------
+    text : str or None
+        Comma-separated ``dim=start:stop`` items; negative bounds count from the
+        end, missing ones mean the edge. None or "" selects everything.
+    sizes : mapping of str to int
+        Length of every dimension the crop may name.
+
+    Returns
+    -------
+    dict of str to slice
+        Non-negative, non-empty slices, one per named dimension.
+
+    Raises
+    ------
+    CropError
+        Bad syntax, a dimension not in ``sizes`` (or named twice), or a range that
+        selects nothing inside the volume.
+    """
+    out: dict[str, slice] = {}
+    for item in filter(str.strip, (text or "").split(",")):
+        match = _CROP_ITEM.match(item)
+        if match is None:
+            raise CropError("crop", f"{item.strip()!r} is not dim=start:stop")
+        dim, start, stop = match.group(1), match.group(2), match.group(3)
+        if dim not in sizes or dim in out:
+            problem = "is named twice" if dim in out else f"is not a dimension of the data {tuple(sizes)}"
+            raise CropError("crop", f"{dim!r} {problem}")
+        out[dim] = _crop_slice(dim, start, stop, int(sizes[dim]))
+    return out
+
+
+def _crop_slice(dim: str, start: str | None, stop: str | None, size: int) -> slice:
+    lo, hi, _ = slice(None if start is None else int(start), None if stop is None else int(stop)).indices(
+        size
+    )
+    bad = [int(v) for v in (start, stop) if v is not None and not -size <= int(v) <= size]
+    if bad or hi <= lo:
+        raise CropError(
+            "crop", f"{dim}={start or ''}:{stop or ''} selects nothing inside {dim}'s {size} voxels"
+        )
+    return slice(lo, hi)
+
+
+def resolve_normal(dims: tuple[str, ...], normal_axis: str | None, attrs: Mapping) -> str:
+    """The electrode normal: ``normal_axis``, else the ``normal_axis`` attribute, else ``"z"``."""
+    name = normal_axis or attrs.get("normal_axis") or "z"
+    spatial = tuple(d for d in dims if d != "time")
+    if name not in spatial:
+        raise AxisError("normal_axis", f"{name!r} is not a spatial dimension of the labels {spatial}")
+    return name
+
+
+def resolve_roles(classes: Mapping[int, str], class_names: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Label value of every role in :data:`ROLES`.
+
+    Parameters
+    ----------
+    classes : mapping of int to str
+        ``{value: name}`` of the labels (:func:`operando.io.layout.label_classes`).
+    class_names : mapping of str to str, optional
+        ``{role: name in the labels}`` for labels named otherwise.
+
+    Raises
+    ------
+    ClassNameError
+        A role has no class, a label class has no role, or ``class_names`` names
+        an unknown role.
+    """
+    names = {**{r: r for r in ROLES}, **(class_names or {})}
+    by_name = {name: value for value, name in classes.items()}
+    unknown_roles = sorted(set(names) - set(ROLES))
+    missing = sorted(names[r] for r in ROLES if names[r] not in by_name)
+    unmatched = sorted(set(by_name) - {names[r] for r in ROLES})
+    if unknown_roles or missing or unmatched:
+        parts = [
+            f"unknown roles {unknown_roles} (roles: {list(ROLES)})" if unknown_roles else "",
+            f"missing classes {missing}" if missing else "",
+            f"classes with no role {unmatched}" if unmatched else "",
+        ]
+        raise ClassNameError(
+            "labels",
+            f"{'; '.join(p for p in parts if p)}; the labels have {sorted(by_name)}",
+            remedy="Pass class_names={role: name} mapping every role to a class of the labels.",
+        )
+    return {r: by_name[names[r]] for r in ROLES}
+
+
+def sample_blocks(numblocks: tuple[int, int], stride: int = 3) -> tuple[list[int], list[int]]:
+    """In-plane chunk indices of the cheap pass: every ``stride``-th, starting mid-stride.
+
+    About ``1 / stride²`` of the chunk columns (all of them below ``stride``
+    chunks per axis would be ``1 / n`` per axis; one at least).
+    """
+    return tuple(list(range(min(stride, n) // 2, n, min(stride, n))) for n in numblocks)
+
+
+def depth_profiles(arr: da.Array, roles: Mapping[str, int], *, client=None) -> tuple[np.ndarray, np.ndarray]:
+    """Electrode fraction and deposited-voxel count per normal slice, from a chunk subset.
+
+    Parameters
+    ----------
+    arr : dask array of shape (T, N, A, B)
+        Labels with the normal second.
+
+    Returns
+    -------
+    electrode_fraction, deposited : ndarray of shape (T, N)
+    """
+    rows, cols = sample_blocks(arr.numblocks[2:])
+    sub = arr.blocks[:, :, rows][:, :, :, cols]
+    lazy = ((sub == roles["electrode"]).sum(axis=(2, 3)), (sub == roles["deposited"]).sum(axis=(2, 3)))
+    electrode, deposited = client.compute(lazy, sync=True) if client is not None else dask.compute(*lazy)
+    return electrode / (sub.shape[2] * sub.shape[3]), deposited
+
+
+def split_planes(electrode_fraction: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+    """Index of the first plane past the middle of the gap, per timestep.
+
+    Parameters
+    ----------
+    electrode_fraction : ndarray of shape (T, N)
+
+    Returns
+    -------
+    ndarray of int of shape (T,)
+        ``p``: slices ``< p`` lie on the low side, ``>= p`` on the high side.
+    """
+    return np.array([_gap_middle(row, threshold, t) for t, row in enumerate(electrode_fraction)], dtype=int)
+
+
+def _gap_middle(row: np.ndarray, threshold: float, t: int) -> int:
+    low = np.concatenate([[False], row < threshold, [False]])
+    edges = np.flatnonzero(np.diff(low.astype(np.int8)))
+    starts, stops = edges[::2], edges[1::2]
+    if starts.size == 0:
+        raise LabelRangeError(
+            f"labels (timestep {t})",
+            f"no gap between the electrodes: every slice is ≥ {threshold:.0%} electrode",
+            remedy="Check normal_axis and the electrode class name.",
+        )
+    longest = np.argmax(stops - starts)
+    return int((starts[longest] + stops[longest] + 1) // 2)
+
+
+def choose_plating_side(deposited: np.ndarray, planes: np.ndarray) -> str:
+    """``"high"`` or ``"low"``: the side whose deposited-Li count grows during charge.
+
+    Charge is taken as the first half of the timesteps (at least two): the side
+    whose deposited count rises most from the first timestep is the plating side
+    (during discharge the Li moves back, so later timesteps would mislead).
+
+    Parameters
+    ----------
+    deposited : ndarray of shape (T, N)
+        Deposited voxels per normal slice.
+    planes : ndarray of int of shape (T,)
+    """
+    n = deposited.shape[1]
+    below = np.arange(n)[None, :] < planes[:, None]
+    low, high = (deposited * below).sum(1), (deposited * ~below).sum(1)
+    first = max(2, (len(planes) + 1) // 2)
+    growth = {"low": (low[:first] - low[0]).max(), "high": (high[:first] - high[0]).max()}
+    if len(planes) < 2 or growth["low"] == growth["high"]:
+        raise ConfigError(
+            "plating_side",
+            f"'auto' cannot tell the plating side: deposited Li grows by {growth} voxels over charge",
+            remedy="Pass plating_side='high' or 'low'.",
+        )
+    return max(growth, key=growth.get)

@@ -1,0 +1,230 @@
+"""Cell statistics on the CT phantom and against a numpy oracle (operando.analysis.ct.stats)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from operando.analysis.ct.regions import SPLIT_CLASSES
+from operando.analysis.ct.stats import cell_statistics, write_stats
+from operando.errors import AxisError, ClassNameError, CropError, OutputExistsError
+from operando.io.layout import label_attrs
+from operando.synth.ct import make_ct
+
+VOXEL = 1.33
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    _, truth = make_ct(shape=(3, 48, 64, 64), max_angle_deg=0, max_shift_voxels=0, chunks=(1, 16, 32, 32))
+    labels = truth["labels"]
+    labels.attrs["voxel_size_um"] = VOXEL
+    with dask.config.set(scheduler="threads"):
+        ds = cell_statistics(labels)
+        return labels, truth.compute(), ds, labels.values
+
+
+def test_split_keeps_the_phantom_counts(phantom):
+    _, truth, ds, _ = phantom
+    v = ds["voxels"].to_pandas()
+    count = truth["voxel_count"].values
+    assert (v["background"].values == count[:, 0]).all()
+    assert ((v["stripping_electrode"] + v["plating_electrode"]).values == count[:, 1]).all()
+    assert ((v["deposited_li"] + v["redeposited_li"]).values == count[:, 2]).all()
+    assert (v["dendrite"].values == count[:, 3]).all() and (v["pit"].values == count[:, 4]).all()
+    assert v["deposited_li"].iloc[1] > 0 and v["redeposited_li"].iloc[2] > 0
+    assert ds.attrs["plating_side"] == "high" and ds.attrs["normal_axis"] == "z"
+
+
+def test_split_plane_separates_the_electrodes(phantom):
+    _, truth, ds, volume = phantom
+    z = np.arange(volume.shape[1]) * VOXEL
+    for t, plane in enumerate(ds.attrs["split_plane_um"]):
+        assert truth["surface_stripping_um"][t] < plane < truth["surface_plating_um"][t]
+        electrode_z = z[np.nonzero(volume[t] == 1)[0]]
+        below = np.count_nonzero(electrode_z < plane)
+        assert below == ds["voxels"].sel({"class": "stripping_electrode"})[t]
+        # No electrode near the plane: every stripping voxel lies below, every plating voxel above.
+        assert electrode_z[electrode_z < plane].max() < plane - 2 * VOXEL < plane + 2 * VOXEL
+        assert electrode_z[electrode_z > plane].min() > plane + 2 * VOXEL
+
+
+def test_thickness_maps_and_fractions(phantom):
+    _, _, ds, _ = phantom
+    area = 64 * 64 * VOXEL**2
+    np.testing.assert_allclose(ds["thickness_um"], ds["volume_um3"] / area)
+    np.testing.assert_allclose(ds["volume_um3"], ds["voxels"] * VOXEL**3)
+    np.testing.assert_allclose(ds["thickness_map_um"].sum(("y", "x")) * VOXEL**2, ds["volume_um3"], rtol=1e-5)
+    occupied = (ds["thickness_map_um"].values > 0).mean(axis=(2, 3))
+    np.testing.assert_allclose(ds["area_fraction"], occupied)
+    np.testing.assert_allclose(ds["density_map"] * 48 * VOXEL, ds["thickness_map_um"], rtol=1e-5)
+    sides = ds["side_thickness_um"].sel(side="plating")
+    expected = ds["thickness_um"].sel({"class": ["plating_electrode", "deposited_li"]}).sum("class")
+    np.testing.assert_allclose(sides, expected)
+    np.testing.assert_array_equal(ds["void_map_um"], ds["thickness_map_um"].sel({"class": "pit"})[-1])
+
+
+def test_colocalization_is_pearson_r(phantom):
+    _, _, ds, _ = phantom
+    assert ds["colocalization"].dims == ("time", "pair")
+    for t in (1, 2):
+        for pair in ds["pair"].values:
+            a, b = (ds["thickness_map_um"].sel({"class": c})[t].values.ravel() for c in pair.split("~"))
+            r = ds["colocalization"].sel(pair=pair)[t]
+            np.testing.assert_allclose(r, np.corrcoef(a, b)[0, 1], rtol=1e-4, atol=1e-6)
+
+
+def test_edges_follow_the_phantom_surfaces(phantom):
+    _, truth, ds, _ = phantom
+    strip, plate = ds["edge_mean_um"].sel(side="stripping"), ds["edge_mean_um"].sel(side="plating")
+    assert np.abs(strip - truth["surface_stripping_um"]).max() < VOXEL
+    assert np.abs(plate - truth["surface_plating_um"]).max() < VOXEL
+    swelling = truth["gap_um"] - truth["gap_um"][0]
+    assert np.abs(ds["gap_um"] - ds["gap_um"][0] - swelling).max() < VOXEL
+    assert swelling[-1] > 2 * VOXEL
+    np.testing.assert_allclose(ds["edge_displacement_um"][0], 0)
+
+
+def test_crop_matches_cropped_counts(phantom):
+    labels, _, _, volume = phantom
+    with dask.config.set(scheduler="threads"):
+        ds = cell_statistics(labels, crop="y=8:-8,x=:40")
+    assert ds.sizes["y"] == 48 and ds.sizes["x"] == 40
+    np.testing.assert_allclose(ds["y"][0], 8 * VOXEL)
+    part = volume[:, :, 8:-8, :40]
+    total = ds["voxels"].sel({"class": ["stripping_electrode", "plating_electrode"]}).sum("class")
+    assert (total.values == (part == 1).sum(axis=(1, 2, 3))).all()
+    np.testing.assert_allclose(ds["thickness_um"], ds["volume_um3"] / (48 * 40 * VOXEL**2))
+    assert ds.attrs["crop"] == "y=8:-8,x=:40"
+
+
+def test_bad_input_errors(phantom):
+    labels = phantom[0]
+    renamed = labels.copy()
+    renamed.attrs = {**labels.attrs, **label_attrs(["background", "electrode", "li", "dendrite", "pit"])}
+    with pytest.raises(ClassNameError, match=r"missing classes \['deposited'\].*'li'"):
+        cell_statistics(renamed)
+    with pytest.raises(AxisError, match="'w' is not a spatial dimension"):
+        cell_statistics(labels, normal_axis="w")
+    with pytest.raises(CropError, match="selects nothing inside x's 64"):
+        cell_statistics(labels, crop="x=64:70")
+    with pytest.raises(ClassNameError, match="unknown classes \\['void'\\]"):
+        cell_statistics(labels, colocalize=[("void", "pit")])
+
+
+def _layered(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Random labels: electrodes in the outer quarters, random classes and stray electrode between."""
+    t, z, y, x = shape
+    out = rng.choice(np.array([0, 0, 2, 3, 4], np.uint8), size=shape)
+    out[:, : z // 4] = rng.choice(np.array([1, 1, 1, 4], np.uint8), size=(t, z // 4, y, x))
+    out[:, -(z // 4) :] = 1
+    out[rng.random(shape) < 0.05] = 1
+    return out
+
+
+def _oracle(volume: np.ndarray, planes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Column counts (T, 7, Y, X) and faces (T, 2, Y, X) in voxels, by plain numpy."""
+    nz = volume.shape[1]
+    z = np.arange(nz)[None, :, None, None]
+    below = z < np.array(planes)[:, None, None, None]
+    split = np.select(
+        [volume == 0, (volume == 1) & below, volume == 1, (volume == 2) & ~below, volume == 2, volume == 3],
+        [0, 1, 2, 3, 4, 5],
+        6,
+    )
+    counts = np.stack([(split == c).sum(axis=1) for c in range(7)], axis=1)
+    face = (volume == 1) | (volume == 4)
+    low = np.where(face & below, z, -1).max(axis=1).astype(float)
+    high = np.where(face & ~below, z, nz).min(axis=1).astype(float)
+    low[low < 0], high[high >= nz] = np.nan, np.nan
+    return counts, np.stack([low, high], axis=1)
+
+
+def _as_labels(volume: np.ndarray, chunks) -> xr.DataArray:
+    coords = {d: np.arange(n) * VOXEL for d, n in zip("zyx", volume.shape[1:], strict=True)}
+    attrs = {
+        **label_attrs(["background", "electrode", "deposited", "dendrite", "pit"]),
+        "voxel_size_um": VOXEL,
+    }
+    return xr.DataArray(
+        da.from_array(volume, chunks=chunks),
+        dims=("time", "z", "y", "x"),
+        coords={"time": [0.0, 10.0], **coords},
+        attrs=attrs,
+    )
+
+
+@settings(max_examples=10, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(
+    seed=st.integers(0, 2**16),
+    chunks=st.tuples(st.integers(1, 2), st.integers(1, 16), st.integers(3, 7), st.integers(2, 5)),
+)
+def test_matches_numpy_oracle_for_any_chunking(seed, chunks):
+    volume = _layered(np.random.default_rng(seed), (2, 16, 7, 5))
+    with dask.config.set(scheduler="sync"):
+        ds = cell_statistics(_as_labels(volume, chunks), plating_side="high")
+    planes = [int(np.searchsorted(np.arange(16) * VOXEL, p)) for p in ds.attrs["split_plane_um"]]
+    counts, faces = _oracle(volume, planes)
+    np.testing.assert_array_equal(ds["voxels"], counts.sum(axis=(2, 3)))
+    np.testing.assert_allclose(ds["thickness_map_um"], counts * VOXEL, rtol=1e-6)
+    np.testing.assert_allclose(ds["edge_um"], faces * VOXEL, rtol=1e-6)
+    np.testing.assert_allclose(ds["area_fraction"], (counts > 0).mean(axis=(2, 3)))
+
+
+def test_lazy_and_each_chunk_read_once_by_the_full_pass():
+    volume = _layered(np.random.default_rng(1), (2, 16, 12, 12))
+    reads: Counter = Counter()
+    lock = threading.Lock()
+
+    def load(block_info=None):
+        loc = block_info[None]["array-location"]
+        with lock:
+            reads[tuple(a for a, _ in loc)] += 1
+        return volume[tuple(slice(a, b) for a, b in loc)]
+
+    source = da.map_blocks(load, chunks=((1, 1), (4,) * 4, (4,) * 3, (4,) * 3), dtype=np.uint8)
+    labels = _as_labels(volume, volume.shape).copy(data=source)
+    with dask.config.set(scheduler="threads"):
+        lazy = cell_statistics(labels, plating_side="high", compute=False)
+        sampled = sum(reads.values())  # the cheap pass: the middle chunk column only
+        assert sampled == 2 * 4 * 1 * 1
+        assert isinstance(lazy["thickness_map_um"].data, da.Array)
+        ds = lazy.compute()
+    assert len(reads) == 2 * 4 * 3 * 3 and sum(reads.values()) == 2 * 4 * 3 * 3 + sampled
+    counts, _ = _oracle(
+        volume, [int(np.searchsorted(np.arange(16) * VOXEL, p)) for p in ds.attrs["split_plane_um"]]
+    )
+    np.testing.assert_array_equal(ds["voxels"], counts.sum(axis=(2, 3)))
+
+
+def test_write_stats(phantom, tmp_path):
+    ds = phantom[2]
+    out = write_stats(ds, tmp_path / "stats")
+    table = pd.read_csv(out / "stats.csv")
+    assert list(table.columns) == ["time", "class", "voxels", "volume_um3", "thickness_um"]
+    assert len(table) == 3 * len(SPLIT_CLASSES) and set(table["time"]) == {0.0, 120.0, 240.0}
+    sides = pd.read_csv(out / "sides.csv")
+    assert list(sides.columns) == [
+        "time",
+        "side",
+        "thickness_um",
+        "edge_mean_um",
+        "edge_displacement_um",
+        "gap_um",
+    ]
+    assert len(pd.read_csv(out / "colocalization.csv")) == 3 * 2
+    back = xr.open_zarr(out / "maps.zarr", consolidated=False)
+    np.testing.assert_allclose(back["thickness_map_um"], ds["thickness_map_um"])
+    with pytest.raises(OutputExistsError, match="holds"):
+        write_stats(ds, out)
+    write_stats(ds, out, overwrite=True)
