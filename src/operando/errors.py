@@ -283,4 +283,6 @@ class VoxelSizeError(InputError):
 class RegistrationError(OperandoError, RuntimeError):
     """A registration did not converge; its transform is not applied."""
 
-    remedy = "Check the overlap between the volumes, or try --sub-volumes / a larger --shrink or more iterations."
+    remedy = (
+        "Check the overlap between the volumes, or try --sub-volumes / a larger --shrink or more iterations."
+    )

@@ -64,6 +64,8 @@ class TrainingConfig:
     patch: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lr_patience: int = 3
+    lr_factor: float = 0.5
     steps_per_round: int = 50
     max_rounds: int = 10_000
     patience: int = 10
@@ -286,6 +288,11 @@ def _fit(
     torch.manual_seed(config.seed)
     model = (wrapped or network).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # Class-balanced patches make validation IoU jump between rounds at a fixed
+    # step size; halving it on a plateau lets the weights settle.
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=config.lr_factor, patience=config.lr_patience
+    )
     aug = {"rotate": config.rotate, "jitter": config.jitter} if config.augment else None
     weights = np.full(len(split.train), 1 / len(split.train))
     best, best_state, stale, history = -math.inf, None, 0, []
@@ -303,32 +310,35 @@ def _fit(
             losses.append(float(loss.detach()))
             if time.monotonic() - start > config.time_limit_s:
                 break
-        stop = False
+        stop, score = False, 0.0
         if rank == 0:
             val = evaluate(network, source, split.validation, classes=config.classes, device=device)
+            score = val.mean_iou
             history.append(
                 {
                     "round": rnd,
                     "loss": float(np.mean(losses)),
-                    "val_mean_iou": val.mean_iou,
+                    "val_mean_iou": score,
                     "val_accuracy": val.accuracy,
+                    "learning_rate": opt.param_groups[0]["lr"],
                     "seconds": round(time.monotonic() - start, 1),
                 }
             )
-            if val.mean_iou > best:
-                best, best_state, stale = val.mean_iou, copy.deepcopy(network.state_dict()), 0
+            if score > best:
+                best, best_state, stale = score, copy.deepcopy(network.state_dict()), 0
             else:
                 stale += 1
             if progress is not None:
                 progress(
-                    f"round {rnd}: loss {history[-1]['loss']:.4f}  validation mean IoU {val.mean_iou:.3f}"
+                    f"round {rnd}: loss {history[-1]['loss']:.4f}  validation mean IoU {score:.3f}"
                     f"  accuracy {val.accuracy:.3f}  ({history[-1]['seconds']:.0f} s)"
                 )
             stop = stale >= config.patience or time.monotonic() - start > config.time_limit_s
         if world > 1:
-            flag = torch.tensor([float(stop)], device=device)
-            torch.distributed.broadcast(flag, src=0)
-            stop = bool(flag.item())
+            shared = torch.tensor([float(stop), score], device=device)
+            torch.distributed.broadcast(shared, src=0)
+            stop, score = bool(shared[0].item()), float(shared[1].item())
+        plateau.step(score)
         if stop:
             break
     if best_state is not None:
