@@ -1,0 +1,250 @@
+"""Apply rigid transforms to a CT time series on disk, one output chunk at a time.
+
+The registered image at reference-frame voxel ``q`` is timestep ``t`` at
+``p = R (q - c) + c + s`` (see :mod:`operando.analysis.ct.register`). Each task owns
+whole output chunks (planned and checked by
+:func:`operando.engine.blockwise.plan_tasks`, so every chunk is written once): it
+maps the chunk's corners through the transform, reads only the bounding box of
+that source region (plus an interpolation margin) from the source zarr array, and
+interpolates with :func:`scipy.ndimage.map_coordinates`.
+
+Why not :func:`~operando.engine.blockwise.map_to_zarr`: it reads the chunk plus a
+fixed halo at the *same* position; a rotated, shifted source region would need a
+halo as large as the largest displacement anywhere in the volume on every side of
+every chunk (several times the bytes read for large volumes). Here each chunk
+reads its own box.
+
+Interpolation: ``order=1`` (default) is exact blockwise, the box holds every
+neighbour used. ``order=3`` prefilters the box (B-spline coefficients) rather than
+the whole volume; with the margin of :data:`SPLINE_MARGIN` voxels the difference
+decays as 0.27**margin (below 1e-5 of the local contrast). ``order=0`` is
+nearest-neighbour, for labels. Voxels that map outside the source volume get
+``fill_value`` (default NaN for floats, 0 for integers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+from scipy import ndimage
+
+from operando.analysis.ct.register import AXES, estimate_transforms, rotation_matrix
+from operando.engine.blockwise import plan_tasks
+from operando.errors import RegistrationError, ShapeMismatchError
+from operando.io.store import mark_complete, open_dataset, prepare_output
+
+__all__ = ["SPLINE_MARGIN", "apply_transforms", "register_dataset", "voxel_maps"]
+
+SPLINE_MARGIN = 8
+Region = tuple[slice, ...]
+
+
+def voxel_maps(transforms: xr.Dataset, spacing_um: float, origin_um: Sequence[float]) -> np.ndarray:
+    """Per-timestep affine maps in voxel indices: reference voxel q → source voxel ``A q + b``.
+
+    Returns
+    -------
+    ndarray of shape (T, 3, 4)
+        ``[A | b]`` for each timestep (z, y, x order).
+    """
+    origin = np.asarray(origin_um, dtype=np.float64)
+    centre = transforms["centre_um"].values
+    out = np.empty((transforms.sizes["time"], 3, 4))
+    for t, (angles, shift) in enumerate(
+        zip(transforms["angles_deg"].values, transforms["translation_um"].values, strict=True)
+    ):
+        rot = rotation_matrix(angles)
+        out[t, :, :3] = rot
+        out[t, :, 3] = (rot @ (origin - centre) + centre + shift - origin) / spacing_um
+    return out
+
+
+def _source_box(affine: np.ndarray, region: Region, shape: Sequence[int], margin: int) -> Region:
+    """Bounding box (clipped to ``shape``) of the source voxels ``region`` (z, y, x) reads."""
+    lo = np.array([s.start for s in region], dtype=np.float64)
+    hi = np.array([s.stop - 1 for s in region], dtype=np.float64)
+    corners = np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1)
+    mapped = affine[:, :3] @ corners + affine[:, 3:]
+    start = np.floor(mapped.min(axis=1)).astype(int) - margin
+    stop = np.floor(mapped.max(axis=1)).astype(int) + 1 + margin + 1
+    return tuple(
+        slice(int(np.clip(a, 0, n)), int(np.clip(b, 0, n)))
+        for a, b, n in zip(start, stop, shape, strict=True)
+    )
+
+
+def _interpolate(
+    box: np.ndarray,
+    box_start: Sequence[int],
+    affine: np.ndarray,
+    region: Region,
+    shape: Sequence[int],
+    order: int,
+    fill: float,
+) -> np.ndarray:
+    """Values of the source (``box`` read at ``box_start``) at the mapped voxels of ``region``."""
+    grid = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float64) for s in region), indexing="ij")
+    coords = np.tensordot(affine[:, :3], np.stack(grid), axes=1) + affine[:, 3, None, None, None]
+    outside = np.any([(c < 0) | (c > n - 1) for c, n in zip(coords, shape, strict=True)], axis=0)
+    local = coords - np.asarray(box_start, dtype=np.float64)[:, None, None, None]
+    work = box.astype(np.float64)
+    if order > 1:
+        work = ndimage.spline_filter(work, order=order, mode="nearest")
+    values = ndimage.map_coordinates(work, local, order=order, mode="nearest", prefilter=False)
+    values[outside] = fill
+    return values
+
+
+def _resample_task(
+    source: zarr.Array, out: zarr.Array, region: Region, affine: np.ndarray | None, order: int, fill: float
+) -> int:
+    """Compute and write one task region (whole output chunks) of one timestep; returns voxels written."""
+    (t_slice, *space) = region
+    for t in range(t_slice.start, t_slice.stop):
+        if affine is None or affine[t] is None:
+            values = source[(t, *space)]
+        else:
+            margin = 1 if order <= 1 else SPLINE_MARGIN
+            box = _source_box(affine[t], space, source.shape[1:], margin)
+            if any(b.stop <= b.start for b in box):
+                values = np.full([s.stop - s.start for s in space], fill)
+            else:
+                block = np.asarray(source[(t, *box)])
+                values = _interpolate(
+                    block, [b.start for b in box], affine[t], space, source.shape[1:], order, fill
+                )
+        out[(slice(t, t + 1), *space)] = np.asarray(values, dtype=out.dtype)[None]
+    return math.prod(s.stop - s.start for s in region)
+
+
+def apply_transforms(
+    source: zarr.Array | str | Path,
+    transforms: xr.Dataset,
+    out: zarr.Array,
+    *,
+    order: int = 1,
+    fill_value: float | None = None,
+    spacing_um: float | None = None,
+    origin_um: Sequence[float] = (0.0, 0.0, 0.0),
+    apply_failed: bool = False,
+    client: Any | None = None,
+    quiet: bool = True,
+) -> int:
+    """Resample every timestep of ``source`` into the reference frame, into ``out``.
+
+    Parameters
+    ----------
+    source : zarr.Array or path of shape (T, Z, Y, X)
+        The measured series; a path opens the array read-only.
+    transforms : xarray.Dataset
+        From :func:`~operando.analysis.ct.register.estimate_transforms`.
+    out : zarr.Array of shape (T, Z, Y, X)
+        Created by the caller; each of its chunks is written exactly once.
+    order : {0, 1, 3}, keyword-only
+        Nearest, linear (default) or cubic B-spline interpolation.
+    fill_value : float, optional, keyword-only
+        For voxels mapped outside the volume (default NaN for float outputs, else 0).
+    spacing_um, origin_um : keyword-only
+        Voxel size and the coordinate of voxel (0, 0, 0) (default: the transforms'
+        ``voxel_size_um`` attribute, and 0).
+    apply_failed : bool, keyword-only
+        Apply transforms marked ``converged=False`` too (default: refuse).
+    client : distributed.Client, optional, keyword-only
+    quiet : bool, keyword-only
+        Accepted for symmetry with the engine; no progress bar is drawn.
+
+    Returns
+    -------
+    int
+        Voxels written.
+
+    Raises
+    ------
+    RegistrationError
+        If a transform to apply did not converge and ``apply_failed`` is False.
+    ShapeMismatchError
+        If ``out`` and ``source`` differ in shape or ``order`` is not 0, 1 or 3.
+    """
+    source = zarr.open_array(str(source), mode="r") if not isinstance(source, zarr.Array) else source
+    if tuple(out.shape) != tuple(source.shape) or order not in (0, 1, 3):
+        raise ShapeMismatchError("out", f"shape {out.shape} for source {source.shape}, order {order}")
+    failed = np.flatnonzero(~transforms["converged"].values)
+    if failed.size and not apply_failed:
+        raise RegistrationError(
+            f"timestep {int(failed[0])}",
+            "its registration did not converge, so it is not applied",
+            remedy="Pass apply_failed=True to apply it anyway, or register again.",
+        )
+    spacing = float(spacing_um if spacing_um is not None else transforms.attrs["voxel_size_um"])
+    maps = voxel_maps(transforms, spacing, origin_um)
+    ref = int(transforms.attrs.get("reference_time_index", -1)) % source.shape[0]
+    affine = [None if t == ref else maps[t] for t in range(source.shape[0])]
+    fill = (np.nan if np.issubdtype(out.dtype, np.floating) else 0) if fill_value is None else fill_value
+    regions = plan_tasks(out, task_shape=(1, *out.chunks[1:]))
+    tasks = [dask.delayed(_resample_task)(source, out, r, affine, order, fill) for r in regions]
+    done = client.gather(client.compute(tasks)) if client is not None else dask.compute(*tasks)
+    return int(sum(done))
+
+
+def register_dataset(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    reference: int = -1,
+    order: int = 1,
+    overwrite: bool = False,
+    client: Any | None = None,
+    quiet: bool = True,
+    **estimate_kwargs: Any,
+) -> xr.Dataset:
+    """Register the CT dataset at ``input_path`` and write it to ``output_path``.
+
+    The output has the input's coordinates and attributes, ``intensity`` in the
+    reference frame (chunked as the input), the transform variables
+    (``angles_deg``, ``translation_um``, ``centre_um``, ``metric``, ``converged``,
+    ``iterations``) and an attribute ``registration`` holding them as lists. It is
+    marked complete only at the end. Extra keywords go to
+    :func:`~operando.analysis.ct.register.estimate_transforms`; write the CSV with
+    :func:`~operando.analysis.ct.register.write_transforms_csv`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The transforms.
+    """
+    ds = open_dataset(input_path)
+    transforms = estimate_transforms(ds, reference=reference, client=client, **estimate_kwargs)
+    transforms.attrs["voxel_size_um"] = float(ds.attrs["voxel_size_um"])
+    path = prepare_output(output_path, overwrite=overwrite, inputs=(Path(input_path),))
+    chunks = ds["intensity"].encoding.get("chunks") or ds["intensity"].data.chunksize
+    ds.to_zarr(
+        path,
+        compute=False,
+        zarr_format=3,
+        consolidated=False,
+        mode="w-",
+        encoding={"intensity": {"chunks": chunks}},
+    )
+    source = zarr.open_array(str(Path(input_path) / "intensity"), mode="r")
+    out = zarr.open_array(str(path / "intensity"), mode="r+")
+    origin = [float(ds[d][0]) for d in AXES]
+    apply_transforms(source, transforms, out, order=order, origin_um=origin, client=client, quiet=quiet)
+    transforms.drop_vars("time").to_zarr(path, mode="a", zarr_format=3, consolidated=False)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["registration"] = {
+        "reference_time_index": int(transforms.attrs["reference_time_index"]),
+        "convention": transforms.attrs["convention"],
+        **{
+            k: transforms[k].values.tolist()
+            for k in ("angles_deg", "translation_um", "centre_um", "converged")
+        },
+    }
+    mark_complete(path)
+    return transforms
