@@ -1,0 +1,1 @@
+"""XANES analysis: per-particle registration and per-pixel spectra."""
