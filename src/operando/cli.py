@@ -8,15 +8,15 @@ and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from operando import __version__
-from operando.engine.cluster import add_cluster_arguments, spec_from_args
+from operando.analysis.ct.commands import add_ct_verbs
+from operando.engine.cluster import add_run_arguments, client_from_args
 from operando.errors import ConfigError, OperandoError
 
 __all__ = ["main"]
@@ -45,22 +45,6 @@ def _configure_logging(*, quiet: bool) -> None:
     logger.propagate = False
 
 
-def _add_heavy(p: argparse.ArgumentParser) -> None:
-    """The flags of every verb that runs on a dask cluster."""
-    add_cluster_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, cluster lines or final report")
-
-
-@contextlib.contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[Any]:
-    """The client of the cluster the flags (over the config) describe; its lines go to stderr."""
-    from operando.engine.cluster import connect
-
-    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    with connect(spec_from_args(args), echo=echo) as client:
-        yield client
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="operando", description="Out-of-core operando X-ray imaging of batteries."
@@ -71,6 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_ingest(verbs)
     _add_train(verbs)
     _add_predict(verbs)
+    add_ct_verbs(verbs)
     info = verbs.add_parser(
         "info", help="describe a dataset: variables, chunks, codec, size, coordinates, completeness"
     )
@@ -133,7 +118,7 @@ def _add_common_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output .zarr dataset")
     p.add_argument("--dataset-path", help="dataset inside HDF5 inputs, e.g. /exchange/data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
-    _add_heavy(p)
+    add_run_arguments(p)
 
 
 def _add_train(verbs: argparse._SubParsersAction) -> None:
@@ -193,7 +178,7 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
-    _add_heavy(p)
+    add_run_arguments(p)
     p.set_defaults(run=_run_predict)
 
 
@@ -252,7 +237,7 @@ def _run_ingest_ct(args: argparse.Namespace) -> None:
             f"{len(args.times)} times for {len(args.inputs)} volumes",
             remedy="Give one time per input volume.",
         )
-    with _cluster(args) as client:
+    with client_from_args(args) as client:
         out = ingest_ct(
             args.inputs,
             args.output,
@@ -270,7 +255,7 @@ def _run_ingest_xanes(args: argparse.Namespace) -> None:
     from operando.io.ingest import ingest_xanes, read_energies
 
     energies = None if args.energies is None else read_energies(args.energies)
-    with _cluster(args) as client:
+    with client_from_args(args) as client:
         out = ingest_xanes(
             args.sample,
             args.flat,
@@ -349,7 +334,7 @@ def _run_train(args: argparse.Namespace) -> None:
 def _run_predict(args: argparse.Namespace) -> None:
     from operando.models.drafts import predict_drafts
 
-    with _cluster(args) as client:
+    with client_from_args(args) as client:
         out = predict_drafts(
             args.image,
             args.model,

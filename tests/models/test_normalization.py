@@ -181,3 +181,11 @@ def test_normalized_module_feeds_the_network_normalized_float32():
         "network.weight",
         "network.bias",
     ]
+
+
+def test_no_data_reads_as_the_darkest_value_in_numpy_and_torch():
+    norm = Normalization(low=1.0, high=3.0, percentiles=(1.0, 99.0))
+    x = np.array([np.nan, 0.0, 2.0, 5.0], np.float32)
+    expected = np.array([0.0, 0.0, 0.5, 1.0], np.float32)
+    np.testing.assert_array_equal(norm.apply(x), expected)
+    np.testing.assert_array_equal(norm.apply(torch.from_numpy(x)).numpy(), expected)

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +263,20 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--gpus-per-job", type=int, metavar="N", help="GPUs per batch job; workers get the resource GPU"
     )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every verb that runs on a dask cluster: the cluster flags and ``--quiet``."""
+    add_cluster_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, cluster lines or final report")
+
+
+@contextlib.contextmanager
+def client_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """The client of the cluster :func:`add_run_arguments`'s flags describe; its lines go to stderr."""
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    with connect(spec_from_args(args), echo=echo) as client:
+        yield client
 
 
 def spec_from_args(args: argparse.Namespace, cfg: Any = config) -> ClusterSpec:

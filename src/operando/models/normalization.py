@@ -76,7 +76,9 @@ class Normalization:
         Parameters
         ----------
         x : ndarray or Tensor of any shape and real dtype
-            Intensities; a tensor stays on its device.
+            Intensities; a tensor stays on its device. NaN (no data, e.g. outside
+            the field after registration) reads as the darkest value, 0: a NaN would
+            otherwise spread through every convolution of its patch.
 
         Returns
         -------
@@ -87,8 +89,9 @@ class Normalization:
         low, scale = np.float32(self.low), np.float32(self.high - self.low)
         if isinstance(x, torch.Tensor):
             y = (x.to(torch.float32) - float(low)) / float(scale)
-            return y.clamp_(0.0, 1.0)
+            return y.nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
         y = (np.asarray(x, dtype=np.float32) - low) / scale
+        np.nan_to_num(y, copy=False, nan=0.0)
         return np.clip(y, np.float32(0.0), np.float32(1.0), out=y)
 
     def to_dict(self) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def choose_plating_side(deposited: np.ndarray, planes: np.ndarray) -> str:
     below = np.arange(n)[None, :] < planes[:, None]
     low, high = (deposited * below).sum(1), (deposited * ~below).sum(1)
     first = max(2, (len(planes) + 1) // 2)
-    growth = {"low": (low[:first] - low[0]).max(), "high": (high[:first] - high[0]).max()}
+    growth = {"low": int((low[:first] - low[0]).max()), "high": int((high[:first] - high[0]).max())}
     if len(planes) < 2 or growth["low"] == growth["high"]:
         raise ConfigError(
             "plating_side",

@@ -1,0 +1,128 @@
+"""``operando ct register|segment|stats|run`` on a synthetic cell, through the real command line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+
+from operando.cli import main
+from operando.io import open_dataset
+from operando.io.layout import label_attrs
+from operando.synth import synth_ct
+from operando.synth.ct import CT_CLASSES
+
+LOCAL = ["--quiet", "--jobs", "1", "--cores", "2"]
+FROZEN = {"times_min": [999.998, 999.999, 1000.0], "charge_end_min": 1000.0}  # only rigid motion differs
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ct")
+    return synth_ct(root / "cell.zarr", shape=(3, 32, 48, 48), seed=2, n_dendrites=6, **FROZEN)
+
+
+@pytest.fixture(scope="module")
+def model(cell: Path) -> Path:
+    """A small 2D model trained briefly on every 4th x-slice of the reference timestep."""
+    truth = open_dataset(cell, group="truth").labels.values[-1]
+    sparse = np.zeros_like(truth)
+    sparse[:, :, ::4] = truth[:, :, ::4] + 1
+    labels = cell.parent / "labels.tif"
+    tifffile.imwrite(labels, sparse, photometric="minisblack")
+    weights = cell.parent / "model.safetensors"
+    classes = ",".join(CT_CLASSES)
+    argv = ["train", str(cell), "--labels", str(labels), "--labels-time", "2", "--classes", classes]
+    argv += ["-o", str(weights), "--patch", "32", "--steps-per-round", "20", "--time-limit", "60"]
+    assert main([*argv, "--device", "cpu", "--quiet"]) == 0
+    return weights
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_run_chains_register_segment_stats_into_one_folder(cell: Path, model: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    argv = ["ct", "run", str(cell), "--model", str(model), "-o", str(out), "--device", "cpu"]
+    assert (
+        main(
+            [
+                *argv,
+                "--plating-side",
+                "high",
+                "--crop",
+                "z=4:-4,y=4:-4,x=4:-4",
+                "--current-density",
+                "1.5",
+                "--current-on",
+                "0:10",
+                *LOCAL,
+            ]
+        )
+        == 0
+    )
+    registered = open_dataset(out / "registered.zarr")
+    assert registered.intensity.shape == (3, 32, 48, 48)
+    assert bool(registered.converged.all())
+    assert len(_rows(out / "registered.transforms.csv")) == 3
+    seg = open_dataset(out / "segmented.zarr")
+    assert seg.labels.attrs["flag_meanings"].split() == list(CT_CLASSES)
+    assert seg.attrs["voxel_size_um"] == pytest.approx(1.33)
+    rows = _rows(out / "stats" / "stats.csv")
+    assert len(rows) == 3 * 7 and list(rows[0]) == ["time", "class", "voxels", "volume_um3", "thickness_um"]
+    # the model is rough, but both electrodes are found and split apart
+    volume = {(r["time"], r["class"]): float(r["volume_um3"]) for r in rows}
+    assert all(volume[(t, c)] > 0 for t, _ in volume for c in ("stripping_electrode", "plating_electrode"))
+    assert len(_rows(out / "stats" / "faraday.csv")) == 3
+    pngs = sorted(p.name for p in (out / "stats").glob("*.png"))
+    assert {"volumes.png", "thickness_maps.png", "faraday.png"} <= set(pngs)
+
+
+def _truth_as_segmentation(cell: Path, path: Path) -> Path:
+    """The phantom's reference-frame truth written as `operando ct segment` would write labels."""
+    truth = open_dataset(cell, group="truth")
+    ds = xr.Dataset(
+        {"labels": (truth.labels.dims, truth.labels.data, label_attrs(CT_CLASSES))},
+        coords={d: truth[d] for d in truth.labels.dims},
+        attrs={"voxel_size_um": 1.33, "normal_axis": "z", "operando:complete": True},
+    )
+    ds.to_zarr(path, zarr_format=3, consolidated=True)
+    return path
+
+
+def test_stats_of_the_truth_match_the_phantom_voxel_counts(cell: Path, tmp_path: Path):
+    seg = _truth_as_segmentation(cell, tmp_path / "seg.zarr")
+    assert (
+        main(["ct", "stats", str(seg), "-o", str(tmp_path / "stats"), "--plating-side", "high", *LOCAL]) == 0
+    )
+    rows = _rows(tmp_path / "stats" / "stats.csv")
+    counts = open_dataset(cell, group="truth").voxel_count.values
+    by_time: dict[str, dict[str, int]] = {}
+    for r in rows:
+        by_time.setdefault(r["time"], {})[r["class"]] = int(r["voxels"])
+    for t, got in enumerate(by_time.values()):
+        assert got["stripping_electrode"] + got["plating_electrode"] == counts[t, 1]
+        assert got["deposited_li"] + got["redeposited_li"] == counts[t, 2]
+        assert (got["dendrite"], got["pit"], got["background"]) == (counts[t, 3], counts[t, 4], counts[t, 0])
+
+
+def test_bad_flags_are_one_line_errors(cell: Path, tmp_path: Path, capsys):
+    seg = _truth_as_segmentation(cell, tmp_path / "seg.zarr")
+    out = str(tmp_path / "s")
+    assert main(["ct", "stats", str(seg), "-o", out, "--crop", "y=60:70", *LOCAL]) == 2
+    assert "CropError" not in (err := capsys.readouterr().err) and "y" in err and "48" in err
+    assert main(["ct", "stats", str(seg), "-o", out, "--normal-axis", "q", *LOCAL]) == 2
+    assert "q" in capsys.readouterr().err
+    assert main(["ct", "stats", str(seg), "-o", out, "--current-density", "1.5", *LOCAL]) == 2
+    assert "needs both" in capsys.readouterr().err
+    assert (
+        main(["ct", "register", str(cell), "-o", str(tmp_path / "r.zarr"), "--reference", "5", *LOCAL]) == 2
+    )
+    assert "5" in capsys.readouterr().err
