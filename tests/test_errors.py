@@ -34,7 +34,7 @@ def test_input_errors_are_value_errors(cls):
 
 def test_which_errors_are_input_errors():
     inputs = {c.__name__ for c in CLASSES if issubclass(c, InputError)}
-    assert inputs == set(errors.__all__) - {"OperandoError", "IncompleteDatasetError"}
+    assert inputs == set(errors.__all__) - {"OperandoError", "IncompleteDatasetError", "RegistrationError"}
     assert issubclass(IncompleteDatasetError, RuntimeError)
     assert not issubclass(IncompleteDatasetError, ValueError)
 

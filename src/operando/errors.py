@@ -24,6 +24,7 @@ __all__ = [
     "CropError",
     "DatasetLayoutError",
     "DeviceUnavailableError",
+    "EdgeCoverageError",
     "EnergyListError",
     "EnergyOrderError",
     "FrameCountError",
@@ -34,9 +35,11 @@ __all__ = [
     "LabelRangeError",
     "LabelsError",
     "ModelOutputError",
+    "NoParticlesError",
     "NonFiniteInputError",
     "OperandoError",
     "OutputExistsError",
+    "ParticleSizeError",
     "PatchAxesError",
     "PatchOverlapError",
     "PatchSizeError",
@@ -286,3 +289,21 @@ class RegistrationError(OperandoError, RuntimeError):
     remedy = (
         "Check the overlap between the volumes, or try --sub-volumes / a larger --shrink or more iterations."
     )
+
+
+class NoParticlesError(InputError):
+    """No isolated particle is left after detection and filtering."""
+
+    remedy = "Check the reference image, or relax min_size_px, max_size_px or min_jump_fraction."
+
+
+class ParticleSizeError(InputError):
+    """A particle is too large for its region of interest to fit in the frame."""
+
+    remedy = "Crop less, lower margin_px, or pass max_size_px to reject such objects."
+
+
+class EdgeCoverageError(EnergyListError):
+    """The energies leave a normalization or search window with too few points."""
+
+    remedy = "Acquire energies over the pre- and post-edge windows, or pass EdgeWindows matching the scan."

@@ -18,11 +18,9 @@ import numpy as np
 from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 
-from operando.errors import InputError, ShapeMismatchError
+from operando.errors import EnergyListError, NoParticlesError, ParticleSizeError, ShapeMismatchError
 
 __all__ = [
-    "NoParticlesError",
-    "ParticleSizeError",
     "Particles",
     "detect_particles",
     "edge_jump_image",
@@ -31,18 +29,6 @@ __all__ = [
 
 PRE_EDGE_EV = 8335.0  # below the Ni K-edge of NMC/NCA (8345-8350 eV)
 POST_EDGE_EV = 8360.0  # above the white line's rise
-
-
-class NoParticlesError(InputError):
-    """No isolated particle is left after detection and filtering."""
-
-    remedy = "Check the reference image, or relax min_size_px, max_size_px or min_jump_fraction."
-
-
-class ParticleSizeError(InputError):
-    """A particle is too large for its region of interest to fit in the frame."""
-
-    remedy = "Crop less, lower margin_px, or pass max_size_px to reject such objects."
 
 
 @dataclass(frozen=True)
@@ -122,7 +108,7 @@ def _energy_index(absorbance: da.Array, energies: np.ndarray, limit: float, *, a
     picked = np.flatnonzero(energies >= limit if above else energies <= limit)
     if picked.size == 0:
         side = "at or above" if above else "at or below"
-        raise InputError(
+        raise EnergyListError(
             "energies",
             f"no energy {side} {limit} eV (range {energies.min()}-{energies.max()} eV)",
             remedy="Pass post_edge_ev / pre_edge_ev inside the scanned range.",

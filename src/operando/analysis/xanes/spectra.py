@@ -30,11 +30,10 @@ import numpy as np
 import xarray as xr
 from scipy.signal import savgol_coeffs, savgol_filter
 
-from operando.errors import EnergyListError, EnergyOrderError
+from operando.errors import EdgeCoverageError, EnergyListError, EnergyOrderError
 
 __all__ = [
     "NI_K_EDGE_EV",
-    "EdgeCoverageError",
     "EdgeFeatures",
     "EdgeWindows",
     "edge_features",
@@ -46,12 +45,6 @@ NI_K_EDGE_EV = 8345.0  # nominal Ni K-edge of Ni2+/Ni3+ oxides (half height), eV
 _BLOCK_BYTES = 32 * 2**20  # input bytes per dask block once energy is one chunk
 _MIN_SNR = 3.0  # edge step over pre-edge noise σ below which a pixel has no edge
 _FEATURES = ("edge_energy_ev", "edge_uncertainty_ev", "white_line_ev", "edge_step")
-
-
-class EdgeCoverageError(EnergyListError):
-    """The energies leave a normalization or search window with too few points."""
-
-    remedy = "Acquire energies over the pre- and post-edge windows, or pass EdgeWindows matching the scan."
 
 
 @dataclass(frozen=True)
