@@ -5,18 +5,19 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
-import pandas as pd
 import pytest
+import zarr
 
 from operando.analysis.ct.register import (
     RegistrationOptions,
     estimate_transforms,
     rotation_matrix,
-    write_transforms_csv,
 )
+from operando.analysis.ct.resample import apply_transforms
 from operando.errors import ReferenceIndexError, RegistrationError, VoxelSizeError
+from operando.io import open_dataset
 from operando.synth._shapes import rotation_matrix as phantom_rotation
-from operando.synth.ct import make_ct
+from operando.synth.ct import make_ct, synth_ct
 
 VOXEL = 1.33
 # A cell frozen at the end of charge: open pits and grown dendrites give lateral
@@ -24,11 +25,17 @@ VOXEL = 1.33
 # time span swells the cell by 4 voxels, which no rigid registration can undo).
 STATIC = {"times_min": [999.998, 999.999, 1000.0], "charge_end_min": 1000.0}
 FAST = RegistrationOptions(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
+ONE_LEVEL = RegistrationOptions(shrink_factors=(1,), smoothing_sigmas=(0.0,), learning_rate_voxels=0.5)
 
 
 @pytest.fixture(scope="module")
 def phantom():
-    return make_ct(shape=(3, 64, 64, 64), seed=1, voxel_size_um=VOXEL, chunks=(1, 32, 32, 32), **STATIC)
+    data, truth = make_ct(
+        shape=(3, 64, 64, 64), seed=1, voxel_size_um=VOXEL, chunks=(1, 32, 32, 32), **STATIC
+    )
+    # 3 MB: kept in memory so that every box read does not rebuild the phantom.
+    with dask.config.set(scheduler="threads"):
+        return data.persist(), truth
 
 
 def corner_error_voxels(est, truth, t: int, shape) -> float:
@@ -44,6 +51,18 @@ def corner_error_voxels(est, truth, t: int, shape) -> float:
     return float(np.linalg.norm(got - true, axis=1).max())
 
 
+def angle_bound_deg(shape, voxels: float = 0.2) -> float:
+    """The angle that moves the volume corners by ``voxels`` (θ r = displacement).
+
+    A small phantom pins rotations down only to what moves its corners by a fraction
+    of a voxel: 0.1° moves a corner of 64³ (r = 55 voxels) by 0.1 voxel, but one of
+    the benchmark's 128 × 192² (r = 150) by 0.26. The 0.1° goal is checked there
+    (``benchmarks/bench_register.py``), the corner residual ≤ 0.3 voxel here.
+    """
+    radius = np.linalg.norm((np.asarray(shape) - 1) / 2)
+    return float(np.degrees(voxels / radius))
+
+
 def test_rotation_matches_the_phantom_convention():
     angles = np.array([0.7, -0.4, 0.3])
     np.testing.assert_allclose(rotation_matrix(angles), phantom_rotation(angles), atol=1e-14)
@@ -57,9 +76,8 @@ def test_sub_volumes_recover_the_phantom_motion(phantom):
     np.testing.assert_array_equal(est.angles_deg.values[-1], 0)
     for t in range(2):
         assert corner_error_voxels(est, truth, t, (64, 64, 64)) <= 0.3
-        # 0.1° is 0.11 voxel across 64 voxels, below what so small a phantom pins down;
-        # the benchmark checks 0.1° on a larger volume.
-        assert np.abs(est.angles_deg.values[t] - truth.angles_deg.values[t]).max() <= 0.2
+        error = np.abs(est.angles_deg.values[t] - truth.angles_deg.values[t]).max()
+        assert error <= angle_bound_deg((64, 64, 64))
 
 
 def test_pure_translation_has_the_phantom_sign():
@@ -100,8 +118,9 @@ def test_several_sub_volumes_read_only_their_boxes(phantom):
 def test_downsampled_mode_with_refinement(phantom):
     data, truth = phantom
     with dask.config.set(scheduler="threads"):
+        # The shrink-2 volumes stand in for the pyramid's coarse level: one level each.
         est = estimate_transforms(
-            data, mode="downsampled", shrink=2, sub_volume_size=64, sub_volumes=1, options=FAST
+            data, mode="downsampled", shrink=2, sub_volume_size=64, sub_volumes=1, options=ONE_LEVEL
         )
     for t in range(2):
         assert corner_error_voxels(est, truth, t, (64, 64, 64)) <= 0.3
@@ -126,36 +145,50 @@ def test_voxel_size_checks(phantom):
 
 def test_non_convergence_raises_or_is_reported(phantom):
     data = phantom[0]
-    noise = data.copy()
+    # Noise holds nothing to register: the correlation stays far below min_correlation.
     rng = np.random.default_rng(0)
-    noise["intensity"] = data.intensity.copy(
-        data=da.from_array(rng.normal(size=data.intensity.shape).astype(np.float32))
-    )
+    noise = data.isel(z=slice(0, 24), y=slice(0, 24), x=slice(0, 24))
+    noise["intensity"] = noise.intensity.copy(data=da.from_array(rng.normal(size=(3, 24, 24, 24))))
+    quick = RegistrationOptions(shrink_factors=(1,), smoothing_sigmas=(0.0,), max_iterations=10)
     with dask.config.set(scheduler="threads"):
         with pytest.raises(RegistrationError, match="timestep 0"):
-            estimate_transforms(noise, options=FAST)
-        once = RegistrationOptions(max_iterations=1, shrink_factors=(1,), smoothing_sigmas=(0.0,))
+            estimate_transforms(noise, options=quick)
+        once = RegistrationOptions(max_iterations=1, shrink_factors=(2,), smoothing_sigmas=(0.0,))
         est = estimate_transforms(data, options=once, on_failure="report")
     assert not est.converged.values[0] and est.converged.values[-1]
 
 
-def test_transforms_csv(phantom, tmp_path):
+@pytest.fixture(scope="module")
+def client():
+    """``distributed.Client`` on a LocalCluster of 2 single-thread worker processes."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_distributed_client_gives_the_threaded_result(client, tmp_path):
+    store = synth_ct(tmp_path / "in.zarr", shape=(3, 24, 32, 32), seed=4, voxel_size_um=VOXEL, **STATIC)
+    data = open_dataset(store)
+    kwargs = {"sub_volume_size": 24, "sub_volumes": (1, 2, 1), "options": ONE_LEVEL, "on_failure": "report"}
     with dask.config.set(scheduler="threads"):
-        est = estimate_transforms(phantom[0], options=FAST)
-    table = pd.read_csv(write_transforms_csv(est, tmp_path / "t.csv"))
-    assert list(table.columns) == [
-        "time",
-        "time_min",
-        "angle_z_deg",
-        "angle_y_deg",
-        "angle_x_deg",
-        "shift_z_um",
-        "shift_y_um",
-        "shift_x_um",
-        "centre_z_um",
-        "centre_y_um",
-        "centre_x_um",
-        "metric",
-        "converged",
-    ]
-    np.testing.assert_allclose(table["shift_x_um"], est.translation_um.values[:, 2])
+        threaded = estimate_transforms(data, **kwargs)
+    remote = estimate_transforms(data, client=client, **kwargs)
+    # Same inputs, samples and threads per task: only SimpleITK's summation order may differ.
+    np.testing.assert_allclose(remote.angles_deg, threaded.angles_deg, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(remote.translation_um, threaded.translation_um, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(remote.converged, threaded.converged)
+    outs = []
+    for kw in ({}, {"client": client}):
+        out = zarr.create_array(
+            tmp_path / f"out{len(outs)}", shape=data.intensity.shape, chunks=(1, 8, 16, 16), dtype="f4"
+        )
+        with dask.config.set(scheduler="threads"):
+            apply_transforms(store / "intensity", threaded, out, apply_failed=True, **kw)
+        outs.append(out[...])
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert np.isfinite(outs[0]).mean() > 0.8

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import dask
+import dask.array
+import dask.callbacks
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 import zarr
@@ -10,9 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from operando.analysis.ct.resample import apply_transforms, voxel_maps
-from operando.errors import RegistrationError
-from operando.synth.ct import CLASS_INTENSITY, make_ct
+from operando.analysis.ct.register import RegistrationOptions, write_transforms_csv
+from operando.analysis.ct.resample import apply_transforms, register_dataset, voxel_maps
+from operando.errors import IncompleteDatasetError, RegistrationError
+from operando.io import open_dataset
+from operando.io.store import COMPLETE_ATTR
+from operando.synth.ct import CLASS_INTENSITY, make_ct, synth_ct
 
 
 def transforms_of(angles, shifts_um, centre_um, converged=None, voxel=1.0):
@@ -78,3 +88,96 @@ def test_refuses_a_failed_transform():
     with pytest.raises(RegistrationError, match="timestep 0"):
         apply_transforms(src, tr, out)
     apply_transforms(src, tr, out, apply_failed=True)
+
+
+# A cell frozen at the end of charge: only the rigid motion changes between timesteps.
+STATIC = {"times_min": [999.998, 999.999, 1000.0], "charge_end_min": 1000.0}
+PHANTOM = {"shape": (3, 48, 64, 64), "seed": 1, "voxel_size_um": 1.33, **STATIC}
+FAST = RegistrationOptions(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
+
+
+def checksums(path: Path) -> dict[str, str]:
+    return {
+        str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A frozen phantom on disk, registered by ``register_dataset``; the input's checksums around it."""
+    tmp = tmp_path_factory.mktemp("register")
+    store = synth_ct(tmp / "in.zarr", **PHANTOM)
+    before = checksums(store)
+    with dask.config.set(scheduler="threads"):
+        est = register_dataset(store, tmp / "out.zarr", sub_volume_size=64, sub_volumes=1, options=FAST)
+    return store, tmp / "out.zarr", est, before
+
+
+def test_register_dataset_writes_the_reference_frame(registered, tmp_path):
+    store, out_path, est, _ = registered
+    src, out = open_dataset(store), open_dataset(out_path)
+    assert isinstance(out.intensity.data, dask.array.Array)
+    for dim in ("time", "z", "y", "x"):
+        np.testing.assert_array_equal(out[dim], src[dim])
+    assert {k: v for k, v in src.attrs.items() if k != COMPLETE_ATTR}.items() <= out.attrs.items()
+    for name in ("angles_deg", "translation_um", "centre_um", "metric", "converged", "iterations"):
+        np.testing.assert_array_equal(out[name], est[name])
+    reg = out.attrs["registration"]
+    assert reg["reference_time_index"] == 2
+    np.testing.assert_allclose(reg["angles_deg"], est.angles_deg.values)
+    # Oracle: the input resampled by the true motion; noise keeps its correlation below 1.
+    truth = open_dataset(store, group="truth")
+    true_tr = transforms_of(
+        truth.angles_deg.values, truth.translation_um.values, truth.rotation_centre_um.values, voxel=1.33
+    )
+    source = src.intensity.values
+    oracle, _ = zarr_pair(source, (16, 32, 32))
+    apply_transforms(zarr_pair(source, (16, 32, 32))[0], true_tr, oracle)
+    reference = source[-1]
+    for t in range(2):
+        moved = out.intensity[t].values
+        inside = np.isfinite(moved) & np.isfinite(oracle[t])
+        r = [np.corrcoef(v[inside], reference[inside])[0, 1] for v in (source[t], moved, oracle[t])]
+        assert inside.mean() > 0.8 and r[1] > r[2] - 0.01 and r[1] > r[0] + 0.1, r
+    table = pd.read_csv(write_transforms_csv(out, tmp_path / "t.csv"))
+    xyz = [f"{q}_{a}_{u}" for q, u in (("angle", "deg"), ("shift", "um"), ("centre", "um")) for a in "zyx"]
+    assert list(table.columns) == ["time", "time_min", *xyz, "metric", "converged"]
+    np.testing.assert_allclose(table["centre_y_um"], est.centre_um.values[1])
+    np.testing.assert_allclose(table["shift_x_um"], est.translation_um.values[:, 2])
+    assert table["converged"].all()
+
+
+def test_estimated_transforms_restore_the_truth_labels(registered):
+    _, _, est, _ = registered
+    # The same cell and motion without noise and blur: classes are read off the intensity.
+    clean, truth = make_ct(**PHANTOM, noise_sigma=0.0, blur_sigma_voxels=0.0)
+    src, out = zarr_pair(clean.intensity.values, (16, 32, 32))
+    apply_transforms(src, est, out, order=0, fill_value=-1.0)
+    reference = truth.labels.values[-1]
+    for t in range(2):
+        labels = np.abs(out[t][..., None] - CLASS_INTENSITY).argmin(axis=-1)
+        inside = out[t] >= 0
+        assert (labels == reference)[inside].mean() > 0.95
+
+
+def test_register_dataset_leaves_the_input_alone(registered):
+    store, _, _, before = registered
+    assert checksums(store) == before
+
+
+class Interrupt(dask.callbacks.Callback):
+    """Raise after the first resampling task, as a killed run would stop."""
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if "_resample_task" in str(key):
+            raise KeyboardInterrupt
+
+
+def test_interrupted_output_is_not_complete(registered, tmp_path):
+    store = registered[0]
+    with dask.config.set(scheduler="synchronous"), Interrupt(), pytest.raises(KeyboardInterrupt):
+        register_dataset(store, tmp_path / "out.zarr", sub_volume_size=64, sub_volumes=1, options=FAST)
+    with pytest.raises(IncompleteDatasetError, match="never marked complete"):
+        open_dataset(tmp_path / "out.zarr")

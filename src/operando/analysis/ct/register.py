@@ -16,22 +16,21 @@ Convention
     moving one, ``T_t`` is the fitted ``Euler3DTransform`` (axes reversed to z, y, x).
 
 Method (following the paper: ITK, 6 parameters, correlation metric, sub-volumes)
-    ``mode="sub_volumes"`` (default) reads a few boxes (default 300³, clipped to
-    the volume, centred on a grid spread over the volume) of the reference and of
-    each timestep, registers each box pair alone (transform centred on the box,
-    which decouples rotation and translation for the optimizer), and combines the
-    boxes' transforms into one by a least-squares rigid fit of the points they map
-    (the 8 corners of every box; Kabsch, :meth:`scipy.spatial.transform.Rotation.align_vectors`).
-    This weighs each box's well-determined local shift by its lever arm, so the
-    rotation comes mostly from the spread of the boxes rather than from the weak
-    rotation estimate inside any one box. Boxes that fail are left out.
-    ``mode="downsampled"`` registers the block-mean reduced whole volumes
-    (``coarsen`` by ``shrink``), then (``refine=True``) starts the sub-volume
-    registration from that result.
+    ``mode="sub_volumes"`` (default) reads a few boxes (default 300³, spread over
+    the volume, see :func:`sub_volume_boxes`) of the reference and of each
+    timestep and registers each pair alone (transform centred on the box, which
+    decouples rotation and translation). One rigid transform is then fitted to the
+    8 corners of every good box as each box maps them (Kabsch,
+    :meth:`scipy.spatial.transform.Rotation.align_vectors`): the rotation comes
+    from the spread of the boxes' well-determined shifts, not from the weak
+    rotation inside any one box. ``mode="downsampled"`` (:mod:`.coarse`)
+    registers ``shrink``-fold block means of the whole volumes, then
+    (``refine=True``) starts the sub-volume registration from that result.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,12 +38,10 @@ from pathlib import Path
 from typing import Literal
 
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import xarray as xr
-from dask.delayed import Delayed
 from scipy.spatial.transform import Rotation
 
 from operando.errors import ReferenceIndexError, RegistrationError, VoxelSizeError
@@ -63,12 +60,10 @@ class RegistrationOptions:
     ----------
     shrink_factors, smoothing_sigmas : tuple of int
         Multi-resolution pyramid, coarse to fine (sigmas in voxels).
-    max_iterations : int
-        Per level.
+    max_iterations, max_samples : int
+        Per level: iterations (reaching them is a failure) and metric sample points (random, fixed seed).
     learning_rate_voxels, min_step_voxels : float
         Initial and final step of the regular-step gradient descent, in voxels of shift.
-    max_samples : int
-        Metric sample points per level (random, fixed seed); more are not needed for sub-voxel shifts.
     min_correlation : float
         Below this final correlation a registration has failed.
     max_angle_deg, max_shift_fraction : float
@@ -201,10 +196,8 @@ def _combine(fits: Sequence[_Fit], boxes_um: Sequence[np.ndarray], centre: np.nd
 
 
 def _corners_um(box: Box, origin: np.ndarray, spacing: float) -> np.ndarray:
-    lo = np.array([s.start for s in box], dtype=np.float64)
-    hi = np.array([s.stop - 1 for s in box], dtype=np.float64)
-    corners = np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
-    return origin + corners * spacing
+    corners = itertools.product(*[(s.start, s.stop - 1) for s in box])
+    return origin + np.array(list(corners), dtype=np.float64) * spacing
 
 
 def sub_volume_boxes(
@@ -215,8 +208,7 @@ def sub_volume_boxes(
     Centres lie at fractions ``(i + 1/2) / per_axis`` of each axis, shifted inward
     so every box fits; duplicates (e.g. where the box spans the axis) are dropped.
     """
-    size = np.broadcast_to(size, 3)
-    per_axis = np.broadcast_to(per_axis, 3)
+    size, per_axis = np.broadcast_to(size, 3), np.broadcast_to(per_axis, 3)
     starts = []
     for n, s, k in zip(shape, size, per_axis, strict=True):
         s = min(int(s), n)
@@ -309,6 +301,8 @@ def estimate_transforms(
         ``metric`` (SimpleITK's, minus the correlation), ``converged`` and
         ``iterations`` (time); the reference row is the identity.
     """
+    from operando.analysis.ct.coarse import as_initial, coarse_fit  # late: coarse uses _register_box
+
     intensity = _series(intensity)
     n_time = intensity.sizes["time"]
     if not -n_time <= reference < n_time:
@@ -321,17 +315,17 @@ def estimate_transforms(
     centre = origin + (np.array(shape) - 1) / 2 * spacing
     threads = max(1, (os.cpu_count() or 1) // max(1, min(n_time - 1, os.cpu_count() or 1)))
     boxes = sub_volume_boxes(shape, size=sub_volume_size, per_axis=sub_volumes)
+    grid = {"origin_um": origin, "spacing_um": spacing, "options": opts, "threads": threads}
     rows = {}
     for t in range(n_time):
         if t == ref:
             continue
         initial = (np.zeros(3), np.zeros(3), centre)
         if mode == "downsampled":
-            coarse = _coarse_task(intensity, ref, t, shrink, origin, spacing, opts, threads)
-            rows[t] = coarse
+            rows[t] = coarse = coarse_fit(intensity, ref, t, shrink=shrink, **grid)
             if not refine:
                 continue
-            initial = dask.delayed(_as_initial)(coarse)
+            initial = dask.delayed(as_initial)(coarse)
         elif mode != "sub_volumes":
             raise ValueError(f"mode must be 'sub_volumes' or 'downsampled', got {mode!r}")
         fits = [
@@ -352,28 +346,6 @@ def estimate_transforms(
     out = _to_dataset(intensity, computed, ref, centre, on_failure)
     out.attrs["voxel_size_um"] = spacing
     return out
-
-
-def _coarse_task(
-    intensity: xr.DataArray,
-    ref: int,
-    t: int,
-    shrink: int,
-    origin: np.ndarray,
-    spacing: float,
-    opts: RegistrationOptions,
-    threads: int,
-) -> Delayed:
-    """Register the ``shrink``-fold block means of the whole volumes (voxel centres move by half a block)."""
-    axes = dict.fromkeys(range(3), shrink)
-    fixed, moving = (da.coarsen(np.mean, intensity.data[i], axes, trim_excess=True) for i in (ref, t))
-    initial = (np.zeros(3), np.zeros(3), origin)
-    coarse_origin = origin + (shrink - 1) / 2 * spacing
-    return dask.delayed(_register_box)(fixed, moving, coarse_origin, spacing * shrink, initial, opts, threads)
-
-
-def _as_initial(fit: _Fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return fit.angles_deg, fit.translation_um, fit.centre
 
 
 def _to_dataset(
@@ -414,14 +386,11 @@ def _to_dataset(
 
 def write_transforms_csv(transforms: xr.Dataset, path: str | Path) -> Path:
     """Write one row per timestep: angles, shifts, centre, metric and convergence."""
-    angles, shifts = transforms["angles_deg"].values, transforms["translation_um"].values
+    columns = {"angle_{}_deg": "angles_deg", "shift_{}_um": "translation_um", "centre_{}_um": "centre_um"}
     table = {"time": np.arange(transforms.sizes["time"]), "time_min": transforms["time"].values}
-    for i, a in enumerate(AXES):
-        table[f"angle_{a}_deg"] = angles[:, i]
-    for i, a in enumerate(AXES):
-        table[f"shift_{a}_um"] = shifts[:, i]
-    for i, a in enumerate(AXES):
-        table[f"centre_{a}_um"] = float(transforms["centre_um"][i])
+    for pattern, name in columns.items():
+        values = np.broadcast_to(transforms[name].values, (transforms.sizes["time"], len(AXES)))
+        table.update({pattern.format(a): values[:, i] for i, a in enumerate(AXES)})
     table["metric"] = transforms["metric"].values
     table["converged"] = transforms["converged"].values
     pd.DataFrame(table).to_csv(path, index=False)

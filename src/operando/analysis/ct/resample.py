@@ -38,7 +38,7 @@ from scipy import ndimage
 from operando.analysis.ct.register import AXES, estimate_transforms, rotation_matrix
 from operando.engine.blockwise import plan_tasks
 from operando.errors import RegistrationError, ShapeMismatchError
-from operando.io.store import mark_complete, open_dataset, prepare_output
+from operando.io.store import COMPLETE_ATTR, mark_complete, open_dataset, prepare_output
 
 __all__ = ["SPLINE_MARGIN", "apply_transforms", "register_dataset", "voxel_maps"]
 
@@ -214,37 +214,71 @@ def register_dataset(
     :func:`~operando.analysis.ct.register.estimate_transforms`; write the CSV with
     :func:`~operando.analysis.ct.register.write_transforms_csv`.
 
+    Parameters
+    ----------
+    input_path : str or Path
+        Complete operando CT dataset with ``intensity`` of shape (T, Z, Y, X); only read.
+    output_path : str or Path
+        New zarr store (checked before the registration starts).
+    reference, order, overwrite, client, quiet : keyword-only
+        See :func:`~operando.analysis.ct.register.estimate_transforms`,
+        :func:`apply_transforms` and :func:`operando.io.store.prepare_output`.
+
     Returns
     -------
     xarray.Dataset
         The transforms.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``output_path`` exists (and not ``overwrite``) or overlaps the input.
+    RegistrationError
+        If a timestep's registration failed (see ``on_failure``).
     """
     ds = open_dataset(input_path)
-    transforms = estimate_transforms(ds, reference=reference, client=client, **estimate_kwargs)
-    transforms.attrs["voxel_size_um"] = float(ds.attrs["voxel_size_um"])
     path = prepare_output(output_path, overwrite=overwrite, inputs=(Path(input_path),))
+    transforms = estimate_transforms(ds, reference=reference, client=client, **estimate_kwargs)
+    _write_template(ds, transforms, path)
+    source = zarr.open_array(str(Path(input_path) / "intensity"), mode="r")
+    # Chunks that map wholly outside the source are all fill value: zarr would skip
+    # them, and the completeness check would then find them missing.
+    out = zarr.open_array(str(path / "intensity"), mode="r+", config={"write_empty_chunks": True})
+    origin = [float(ds[d][0]) for d in AXES]
+    apply_transforms(source, transforms, out, order=order, origin_um=origin, client=client, quiet=quiet)
+    mark_complete(path)
+    return transforms
+
+
+def _write_template(ds: xr.Dataset, transforms: xr.Dataset, path: Path) -> None:
+    """Write coordinates, attributes and the transforms, and ``intensity`` as an empty array.
+
+    Only the input's chunk shape is kept: its other encodings (codecs, fill values)
+    need not suit the output, and its completion marker must not be copied.
+    """
     chunks = ds["intensity"].encoding.get("chunks") or ds["intensity"].data.chunksize
-    ds.to_zarr(
+    # Variable-length strings: zarr v3 has no specification for fixed-width ones.
+    variables = transforms.drop_attrs(deep=False).assign_coords(axis=np.array(AXES, dtype=object))
+    template = xr.merge([ds[["intensity"]].drop_encoding(), variables], join="exact")
+    template.attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
+    template.attrs["registration"] = _registration_attr(transforms)
+    template.to_zarr(
         path,
         compute=False,
         zarr_format=3,
         consolidated=False,
         mode="w-",
-        encoding={"intensity": {"chunks": chunks}},
+        encoding={"intensity": {"chunks": tuple(chunks)}},
     )
-    source = zarr.open_array(str(Path(input_path) / "intensity"), mode="r")
-    out = zarr.open_array(str(path / "intensity"), mode="r+")
-    origin = [float(ds[d][0]) for d in AXES]
-    apply_transforms(source, transforms, out, order=order, origin_um=origin, client=client, quiet=quiet)
-    transforms.drop_vars("time").to_zarr(path, mode="a", zarr_format=3, consolidated=False)
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs["registration"] = {
+
+
+def _registration_attr(transforms: xr.Dataset) -> dict[str, Any]:
+    return {
         "reference_time_index": int(transforms.attrs["reference_time_index"]),
         "convention": transforms.attrs["convention"],
+        "voxel_size_um": float(transforms.attrs["voxel_size_um"]),
         **{
             k: transforms[k].values.tolist()
             for k in ("angles_deg", "translation_um", "centre_um", "converged")
         },
     }
-    mark_complete(path)
-    return transforms
