@@ -16,8 +16,10 @@ from typing import Any
 
 from operando import __version__
 from operando.analysis.ct.commands import add_ct_verbs
+from operando.analysis.xanes.commands import add_xanes_verbs
 from operando.engine.cluster import add_run_arguments, client_from_args
 from operando.errors import ConfigError, OperandoError
+from operando.report import add_report_verb
 
 __all__ = ["main"]
 
@@ -56,6 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train(verbs)
     _add_predict(verbs)
     add_ct_verbs(verbs)
+    add_xanes_verbs(verbs)
+    _add_export(verbs)
+    add_report_verb(verbs)
     info = verbs.add_parser(
         "info", help="describe a dataset: variables, chunks, codec, size, coordinates, completeness"
     )
@@ -180,6 +185,42 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     add_run_arguments(p)
     p.set_defaults(run=_run_predict)
+
+
+def _add_export(verbs: argparse._SubParsersAction) -> None:
+    """Add ``operando export DATASET -o VIEW.ome.zarr`` to the top-level verbs."""
+    p = verbs.add_parser("export", help="write a CT or XANES dataset as an OME-Zarr image for napari/Fiji")
+    p.add_argument("dataset", type=Path, help="operando dataset (.zarr)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="OME-Zarr store, e.g. view.ome.zarr")
+    p.add_argument("--variable", help="image variable (default intensity, absorbance or counts)")
+    p.add_argument("--labels", type=Path, help="dataset with a label variable of the same shape")
+    p.add_argument("--labels-group", help="group of --labels holding it, e.g. truth")
+    p.add_argument("--labels-var", default="labels", help="label variable (default labels)")
+    p.add_argument("--levels", type=int, help="pyramid levels (default: until the smallest side < 64)")
+    p.add_argument("--ngff", default="0.5", choices=("0.5", "0.4"), help="0.5 (zarr v3) or 0.4 (zarr v2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OME-Zarr store")
+    add_run_arguments(p)
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from operando.io.export import export_ome_zarr
+
+    with client_from_args(args) as client:
+        out = export_ome_zarr(
+            args.dataset,
+            args.output,
+            variable=args.variable,
+            labels=args.labels,
+            labels_group=args.labels_group,
+            labels_variable=args.labels_var,
+            levels=args.levels,
+            ngff=args.ngff,
+            overwrite=args.overwrite,
+            client=client,
+            quiet=args.quiet,
+        )
+    print(f"wrote {out}")
 
 
 def _name_list(text: str) -> tuple[str, ...]:
