@@ -87,6 +87,19 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--overwrite", action="store_true")
         p.set_defaults(run=_run_synth)
+    p = kinds.add_parser(
+        "labels",
+        help="sparse training labels from a phantom's truth, as if a few cross-sections were labelled",
+    )
+    p.add_argument(
+        "truth", type=Path, help="dataset with the truth labels (synth ct: cell.zarr --group truth)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for labels_t{index}.tif")
+    p.add_argument("--group", help="sub-group holding the labels, e.g. truth")
+    p.add_argument("--every", type=int, default=8, help="label one slice in N (default 8)")
+    p.add_argument("--times", type=_int_list, help="labelled time indices (default all)")
+    p.add_argument("--axis", default="x", choices=("z", "y", "x"))
+    p.set_defaults(run=_run_synth_labels)
 
 
 def _add_ingest(verbs: argparse._SubParsersAction) -> None:
@@ -267,6 +280,15 @@ def _run_synth(args: argparse.Namespace) -> None:
     params = {"seed": args.seed} | ({"shape": args.shape} if args.shape else {})
     out = writers[args.kind, args.format](args.output, overwrite=args.overwrite, **params)
     print(f"wrote synthetic {args.kind} ({args.format}) to {out}")
+
+
+def _run_synth_labels(args: argparse.Namespace) -> None:
+    from operando.synth.labels import sparse_labels
+
+    paths = sparse_labels(
+        args.truth, args.output, every=args.every, times=args.times, axis=args.axis, group=args.group
+    )
+    print(f"wrote {len(paths)} label files to {args.output}")
 
 
 def _run_ingest_ct(args: argparse.Namespace) -> None:

@@ -1,0 +1,72 @@
+"""Sparse training labels from a phantom's truth: what a person labelling a few cross-sections would draw.
+
+The second paper labelled a handful of cross-sections per labelled timestep and
+trained on them; :func:`sparse_labels` writes the phantom's reference-frame truth
+on every ``every``-th slice across ``axis`` (0 elsewhere = unlabelled), one TIFF
+per timestep named ``labels_t{index}.tif`` so that ``operando train`` matches them
+to timesteps by name. Registered data is in the reference frame, so these labels
+fit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from operando.errors import ConfigError
+from operando.io.store import open_dataset
+
+__all__ = ["sparse_labels"]
+
+_AXES = {"z": 1, "y": 2, "x": 3}
+
+
+def sparse_labels(
+    truth: str | Path,
+    out_dir: str | Path,
+    *,
+    every: int = 8,
+    times: Sequence[int] | None = None,
+    axis: str = "x",
+    group: str | None = None,
+) -> list[Path]:
+    """Write ``labels_t{t}.tif`` (uint8, truth class + 1 on the labelled slices, else 0).
+
+    Parameters
+    ----------
+    truth : path
+        A dataset holding ``labels`` (time, z, y, x), e.g. a phantom's truth.
+    out_dir : path
+        Folder for the TIFFs (created).
+    every : int, keyword-only
+        Label one slice in ``every`` across ``axis``, starting at ``every // 2``.
+    times : sequence of int, optional, keyword-only
+        Labelled timesteps (default: all).
+    axis : {"z", "y", "x"}, keyword-only
+    group : str, optional, keyword-only
+        Sub-group holding ``labels`` (``"truth"`` inside a ``synth ct`` dataset).
+
+    Returns
+    -------
+    list of Path
+    """
+    if axis not in _AXES or every < 1:
+        raise ConfigError("--every/--axis", f"every={every}, axis={axis!r}: need every ≥ 1 and z, y or x")
+    labels = open_dataset(truth, group=group).labels
+    times = range(labels.sizes["time"]) if times is None else times
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t in times:
+        picked = np.arange(every // 2, labels.shape[_AXES[axis]], every)
+        sparse = np.zeros(labels.shape[1:], np.uint8)
+        index = [slice(None)] * 3
+        index[_AXES[axis] - 1] = picked
+        # only the labelled slices are read
+        sparse[tuple(index)] = labels[t].isel({axis: picked}).values + 1
+        paths.append(out / f"labels_t{t}.tif")
+        tifffile.imwrite(paths[-1], sparse, photometric="minisblack", compression="zlib")
+    return paths
