@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine:
 #   make demo   creates .venv, installs operando, runs the end-to-end demo on synthetic data
+#               (DEMO_ARGS="--cluster tcp://host:8786" runs its heavy steps on a cluster)
 #   make test   creates .venv, installs operando with its test extras, runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +25,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

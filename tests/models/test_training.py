@@ -20,12 +20,12 @@ from operando.models.sampling import PatchSource, augment, split_slices
 from operando.models.training import TrainingConfig, masked_cross_entropy, save_result, train
 from operando.models.weights import read_header, save_model
 from operando.synth import synth_ct
+from operando.synth.ct import CT_CLASSES
 
-# The paper's first model: background (electrolyte), Li (electrode, deposited and
-# dendrites together) and pits, from sparse 2D labels.
-CLASSES = ("background", "lithium", "pit")
-MERGE = np.array([1, 2, 2, 2, 3], np.uint8)  # truth class → training label
+# The paper's five classes from sparse 2D labels: every 4th x cross-section.
+CLASSES = CT_CLASSES
 LABELLED_X = tuple(range(1, 64, 4))
+CELL = (2, 128, 64, 64)
 
 
 # --------------------------------------------------------------------------- loss
@@ -137,19 +137,24 @@ def test_cubes_keep_only_their_split_labels_and_patches_centre_on_labels():
 
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory) -> tuple[Path, np.ndarray, list[Path]]:
-    """Synthetic CT at full charge (no misalignment, so the truth fits every timestep) and sparse labels."""
+    """Synthetic CT near full charge (no misalignment, so the truth fits every timestep) and sparse labels.
+
+    The cell is 128 voxels thick so that dendrites are 2-4 voxels wide at the root,
+    with 16 of them on 64 × 64 voxels (the default density gives three).
+    """
     root = tmp_path_factory.mktemp("train")
     path = synth_ct(
         root / "cell.zarr",
-        shape=(2, 32, 64, 64),
+        shape=CELL,
         seed=1,
         times_min=[100.0, 120.0],
         charge_end_min=120.0,
         n_pits=16,
+        n_dendrites=16,
         max_angle_deg=0.0,
         max_shift_voxels=0.0,
     )
-    truth = MERGE[open_dataset(path, group="truth").labels.values]
+    truth = open_dataset(path, group="truth").labels.values + 1
     files = []
     for t in range(2):
         sparse = np.zeros_like(truth[t])
@@ -163,9 +168,18 @@ def cell(tmp_path_factory) -> tuple[Path, np.ndarray, list[Path]]:
 def trained(cell):
     path, _, files = cell
     image = open_dataset(path).intensity.data
-    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
+    # A budget of rounds (the learning rate anneals over it), the wall-clock limit
+    # only as a guard: the IoU is asserted, not the time.
     config = TrainingConfig(
-        classes=CLASSES, axis=2, patch=32, steps_per_round=20, patience=6, time_limit_s=120, device="cpu"
+        classes=CLASSES,
+        axis=2,
+        patch=32,
+        steps_per_round=60,
+        max_rounds=80,
+        patience=80,
+        time_limit_s=170,
+        device="cpu",
     )
     lines: list[str] = []
     return train(image, labels, config, progress=lines.append), lines
@@ -177,16 +191,16 @@ def test_small_preset_reaches_090_mean_iou_on_held_out_slices(cell, trained):
     path, truth, _ = cell
     result, lines = trained
     image = open_dataset(path).intensity.values
-    total = SegmentationMetrics(CLASSES, np.zeros((3, 3), np.int64))
+    total = SegmentationMetrics(CLASSES, np.zeros((5, 5), np.int64))
     held_out = [x for x in range(64) if x not in LABELLED_X]
     for t in range(2):
         for x in held_out[::3]:
             logits = predict_array(result.normalization.apply(image[t, :, :, x]), result.network, patch=32)
             total = total + SegmentationMetrics.from_arrays(
-                logits.argmax(0), truth[t, :, :, x], classes=CLASSES
+                logits.argmax(0) + 1, truth[t, :, :, x], classes=CLASSES
             )
     assert total.mean_iou >= 0.90, total.table()
-    assert min(total.iou.values()) >= 0.75, total.table()
+    assert total.iou["dendrite"] >= 0.60, total.table()  # the paper reached 0.69
     assert lines and lines[0].startswith("round 1: loss") and "validation mean IoU" in lines[0]
     assert result.test.mean_iou >= 0.80, result.test.table()  # the few test slices of the split
 
@@ -202,9 +216,9 @@ def test_saved_result_carries_metrics_and_curve_and_init_checks(cell, trained, t
     prov = header.provenance
     assert prov["test"]["mean_iou"] == pytest.approx(result.test.mean_iou, abs=1e-6)
     assert prov["training"]["rounds"] == len(result.history)
-    assert sum(prov["training"]["label_voxels"].values()) == 2 * 32 * 64 * len(LABELLED_X)
+    assert sum(prov["training"]["label_voxels"].values()) == 2 * 128 * 64 * len(LABELLED_X)
     image = open_dataset(path).intensity.data
-    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
     resumed = train(
         image,
         labels,
@@ -215,8 +229,10 @@ def test_saved_result_carries_metrics_and_curve_and_init_checks(cell, trained, t
     # one round of 2 small steps from the trained weights stays close to them
     assert resumed.normalization == result.normalization
     assert resumed.test.mean_iou >= result.test.mean_iou - 0.15
-    with pytest.raises(LabelsError, match="classes background,lithium,pit differ from --classes"):
-        train(image, labels, TrainingConfig(classes=("a", "b", "c"), init=weights, device="cpu"))
+    with pytest.raises(
+        LabelsError, match="classes background,electrode,deposited,dendrite,pit differ from --classes"
+    ):
+        train(image, labels, TrainingConfig(classes=tuple("abcde"), init=weights, device="cpu"))
     with pytest.raises(ArchitectureError, match="the model is 2D but training asks for 3D"):
         train(image, labels, TrainingConfig(classes=CLASSES, spatial_dims=3, init=weights, device="cpu"))
 
@@ -260,7 +276,7 @@ def test_saved_untrained_model_is_loadable_as_init(tmp_path: Path):
 def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
     path, _, files = cell
     image = open_dataset(path).intensity.data
-    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=3)
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
     cfg = TrainingConfig(
         classes=CLASSES,
         spatial_dims=3,
@@ -273,5 +289,5 @@ def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
     )
     result = train(image, labels, cfg)
     assert result.network.arguments["spatial_dims"] == 3 and len(result.history) == 2
-    # the test split is scored on its labelled slices only: 32 × 64 voxels each
-    assert result.test.confusion.sum() == 32 * 64 * len(result.split.test)
+    # the test split is scored on its labelled slices only: 128 × 64 voxels each
+    assert result.test.confusion.sum() == 128 * 64 * len(result.split.test)

@@ -64,8 +64,8 @@ class TrainingConfig:
     patch: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
-    lr_patience: int = 3
-    lr_factor: float = 0.5
+    final_lr_fraction: float = 0.01
+    bn_momentum: float = 0.01
     steps_per_round: int = 50
     max_rounds: int = 10_000
     patience: int = 10
@@ -287,19 +287,16 @@ def _fit(
     rng = np.random.default_rng(config.seed + 7919 * rank)
     torch.manual_seed(config.seed)
     model = (wrapped or network).to(device)
+    _smooth_batch_norm(network, config.bn_momentum)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    # Class-balanced patches make validation IoU jump between rounds at a fixed
-    # step size; halving it on a plateau lets the weights settle.
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=config.lr_factor, patience=config.lr_patience
-    )
     aug = {"rotate": config.rotate, "jitter": config.jitter} if config.augment else None
     weights = np.full(len(split.train), 1 / len(split.train))
     best, best_state, stale, history = -math.inf, None, 0, []
     for rnd in range(1, config.max_rounds + 1):
         model.train()
         losses = []
-        for _ in range(config.steps_per_round):
+        for step in range(config.steps_per_round):
+            _anneal(opt, config, rnd - 1 + step / config.steps_per_round, time.monotonic() - start)
             x, y = source.batch(split.train, weights, config.batch_size, rng, aug=aug)
             loss = masked_cross_entropy(
                 model(torch.from_numpy(x[:, None]).to(device)), torch.from_numpy(y).to(device)
@@ -310,7 +307,7 @@ def _fit(
             losses.append(float(loss.detach()))
             if time.monotonic() - start > config.time_limit_s:
                 break
-        stop, score = False, 0.0
+        stop = False
         if rank == 0:
             val = evaluate(network, source, split.validation, classes=config.classes, device=device)
             score = val.mean_iou
@@ -335,15 +332,41 @@ def _fit(
                 )
             stop = stale >= config.patience or time.monotonic() - start > config.time_limit_s
         if world > 1:
-            shared = torch.tensor([float(stop), score], device=device)
-            torch.distributed.broadcast(shared, src=0)
-            stop, score = bool(shared[0].item()), float(shared[1].item())
-        plateau.step(score)
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
         if stop:
             break
     if best_state is not None:
         network.load_state_dict(best_state)
     return history
+
+
+def _smooth_batch_norm(network: torch.nn.Module, momentum: float) -> None:
+    """Average batch-norm statistics over ~1/momentum steps instead of torch's 10.
+
+    Class-balanced batches differ a lot from one another (one centred on pits, the
+    next on electrode); statistics of the last ten make validation swing by tens
+    of percent from round to round.
+    """
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def _anneal(opt: torch.optim.Optimizer, config: TrainingConfig, rounds_done: float, elapsed_s: float) -> None:
+    """Cosine learning rate over the budget, down to ``final_lr_fraction`` of the start.
+
+    The budget is whichever of ``max_rounds`` and ``time_limit_s`` runs out first.
+    At a fixed step the class-balanced patches keep the validation IoU jumping from
+    round to round; annealing to the deadline lets the weights settle by then, and
+    adapts by itself to a slower or faster machine.
+    """
+    progress = min(1.0, max(rounds_done / config.max_rounds, elapsed_s / config.time_limit_s))
+    low = config.final_lr_fraction
+    scale = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    for group in opt.param_groups:
+        group["lr"] = config.learning_rate * scale
 
 
 def _train_ddp(network: torch.nn.Module, source: PatchSource, split: Split, config: TrainingConfig):

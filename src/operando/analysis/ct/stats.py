@@ -31,6 +31,7 @@ from operando.analysis.ct import regions
 from operando.analysis.ct.regions import SIDES, SPLIT_CLASSES
 from operando.errors import ClassNameError, ConfigError, VoxelSizeError
 from operando.io.layout import label_classes
+from operando.io.store import mark_complete
 
 __all__ = ["cell_statistics", "write_stats"]
 
@@ -332,4 +333,5 @@ def write_stats(ds: xr.Dataset, out_dir: str | Path, *, overwrite: bool = False)
         # Fixed-width str coords (class, side, pair) have no frozen zarr v3 spec yet; xarray reads them back.
         warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
         ds.to_zarr(out / "maps.zarr", mode="w", zarr_format=3, consolidated=False)
+    mark_complete(out / "maps.zarr")
     return out

@@ -25,6 +25,12 @@ def add_xanes_verbs(verbs: argparse._SubParsersAction) -> None:
         choices=_METHODS,
         help="com: per-particle centre of mass (default); the others are whole-ROI registration baselines",
     )
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="weights (.safetensors) of a DualUNet or CycleGAN: positions are the centres of its particle masks",
+    )
     p.add_argument("--min-size", type=int, metavar="PX", help="smaller objects are debris (px)")
     p.add_argument("--scan", type=int, default=0, help="scan whose post-edge mean is used for detection")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result.zarr")
@@ -44,6 +50,7 @@ def _run(args: argparse.Namespace) -> None:
             method=args.method,
             min_size_px=args.min_size,
             scan_for_detection=args.scan,
+            model=args.model,
             overwrite=args.overwrite,
             client=client,
             quiet=args.quiet,

@@ -15,7 +15,11 @@ registers each particle's ROI sequence (cut around its detected position, with
 the detection margin covering its motion) to the first frame, and the particle's
 position is its detected centroid plus that shift. Either way the ROIs are then
 resampled onto the particle's position (:func:`~operando.analysis.xanes.align.align_rois`),
-so methods differ only in the positions they give. The stack is read frame chunk
+so methods differ only in the positions they give. With ``model=`` (the paper's deep
+route) a DualUNet or CycleGAN outlines the particle in its fixed ROI in every frame
+(:func:`~operando.analysis.xanes.deep.roi_masks`) and the position is the centre of
+mass of that outline (moments M00, M10, M01); the result's ``mask`` is then the
+model's outline of the reference image. The stack is read frame chunk
 by frame chunk: once to track (or cut ROIs) and once to write the aligned ROIs,
 from which the edge maps are computed in the same pass.
 """
@@ -34,6 +38,7 @@ import xarray as xr
 from operando.analysis.xanes import plots
 from operando.analysis.xanes.align import align_rois, alignment_quality
 from operando.analysis.xanes.baselines import METHODS, register_stack
+from operando.analysis.xanes.deep import mask_model_header, model_positions, roi_masks
 from operando.analysis.xanes.detect import (
     POST_EDGE_EV,
     Particles,
@@ -89,6 +94,7 @@ def run_xanes(
     method: str = "com",
     min_size_px: int | None = None,
     scan_for_detection: int = 0,
+    model: str | Path | None = None,
     overwrite: bool = False,
     client: Any | None = None,
     quiet: bool = True,
@@ -107,6 +113,10 @@ def run_xanes(
         Smaller objects are debris (default: see :func:`detect_particles`).
     scan_for_detection : int
         Scan whose post-edge mean is the reference image.
+    model : str or Path, optional
+        Weights file of a particle-mask network (DualUNet or CycleGAN): positions
+        are the centres of its masks instead of ``method``'s; recorded in the
+        result's attributes ``model`` and ``model_header``.
     overwrite : bool
         Replace an existing ``result.zarr``.
     client : distributed.Client, optional
@@ -123,8 +133,11 @@ def run_xanes(
     Raises
     ------
     ConfigError, EnergyListError, EdgeCoverageError, NoParticlesError, ParticleSizeError
+    ArchitectureError, WeightsFileError
+        ``model`` is no particle-mask weights file.
     """
     _check_method(method)
+    header = None if model is None else _check_model(model, method)
     absorbance, energies = open_absorbance(stack_path)
     _check_edge_coverage(energies)
     n_scans, n_energies = absorbance.shape[:2]
@@ -134,11 +147,16 @@ def run_xanes(
     result = prepare_output(out / "result.zarr", overwrite=overwrite, inputs=(Path(stack_path),))
     reference, particles = _detect(absorbance, energies, scan_for_detection, min_size_px, client)
     frames = da.concatenate(list(absorbance), axis=0)  # scan-major; keeps the energy chunks
-    positions = particle_positions(frames, particles, method=method)
     size = _roi_size(particles)
+    if model is None:
+        positions = particle_positions(frames, particles, method=method)
+    else:
+        positions = model_positions(frames, particles, model, size=size, client=client)
     picked = _detection_frames(energies, scan_for_detection)
     centre = np.nanmean(positions[:, picked], axis=1)
     ds = _result(frames, positions, particles, centre, size, energies, n_scans)
+    if model is not None:
+        ds = _with_model(ds, reference, centre, size, model, header)
     write_dataset(ds, result, overwrite=overwrite, complete=False, client=client, quiet=quiet)
     mark_complete(result)
     stored = open_dataset(result)
@@ -155,6 +173,15 @@ def _check_method(method: str) -> None:
         raise ConfigError(
             "method", f"unknown method {method!r}", remedy=f"Use one of {', '.join(ALL_METHODS)}."
         )
+
+
+def _check_model(model: str | Path, method: str) -> dict[str, Any]:
+    """The model's header fields; a model replaces the position method, so only "com" goes with it."""
+    if method != "com":
+        raise ConfigError(
+            "model", f"a mask model gives the positions itself; it cannot go with method {method!r}"
+        )
+    return mask_model_header(model).fields()
 
 
 def _check_edge_coverage(energies: np.ndarray) -> None:
@@ -202,6 +229,21 @@ def particle_positions(frames: da.Array | np.ndarray, particles: Particles, *, m
     rois = _cut_rois(frames, particles.roi)
     shifts = np.stack([register_stack(r, method=method, reference=0) for r in rois])
     return particles.centroid[:, None, :] + shifts
+
+
+def _with_model(
+    ds: xr.Dataset,
+    reference: np.ndarray,
+    centre: np.ndarray,
+    size: tuple[int, int],
+    model: str | Path,
+    header: dict[str, Any],
+) -> xr.Dataset:
+    """The model's outline of the reference image as ``mask``, and the model in the attributes."""
+    cut = align_rois(reference[None].astype(np.float32), centre[:, None, :], size=size)
+    mask = roi_masks(cut, model, largest_component=True)[:, 0].compute()
+    attrs = {**ds.attrs, "model": str(Path(model).resolve()), "model_header": header}
+    return ds.assign(mask=(("particle", "roi_y", "roi_x"), mask)).assign_attrs(attrs)
 
 
 def _cut_rois(frames: da.Array | np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
