@@ -82,8 +82,10 @@ def test_alignment_error_ignores_a_constant_offset():
     truth = np.random.default_rng(2).normal(size=(3, 10, 2))
     assert alignment_error(truth + 5.0, truth) == pytest.approx(0.0, abs=1e-12)
     noisy = truth.copy()
-    noisy[:, 1:] += 0.2  # every later frame off by 0.2 px on both axes
-    assert alignment_error(noisy, truth) == pytest.approx(0.2 * np.sqrt(27 / 30))
+    noisy[:, 1:] += (
+        0.2  # every later frame off by 0.2 px: a 0.18 px offset, then -0.18 once, +0.02 nine times
+    )
+    assert alignment_error(noisy, truth) == pytest.approx(np.sqrt((0.18**2 + 9 * 0.02**2) / 10))
 
 
 def test_bad_inputs_are_errors():

@@ -83,8 +83,21 @@ def _resample(frame: np.ndarray, centre: np.ndarray, size: tuple[int, int], orde
     region = np.pad(
         region, list(zip(np.maximum(-lo, 0), np.maximum(hi - frame.shape, 0), strict=True)), mode="edge"
     )
-    grid = np.indices(size, dtype=np.float64) + (centre - half - lo)[:, None, None]
+    start = centre - half - lo
+    if order == 1:
+        return _bilinear(region, start, size)
+    grid = np.indices(size, dtype=np.float64) + start[:, None, None]
     return ndimage.map_coordinates(region.astype(np.float64), grid, order=order, mode="nearest")
+
+
+def _bilinear(region: np.ndarray, start: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Linear interpolation on a grid shifted by a constant: four weighted integer cut-outs."""
+    # The same values as map_coordinates(order=1), without per-pixel coordinates.
+    (y0, x0), (fy, fx) = np.floor(start).astype(int), start - np.floor(start)
+    h, w = size
+    cut = region[y0 : y0 + h + 1, x0 : x0 + w + 1].astype(np.float32)
+    rows = (1 - fy) * cut[:-1] + fy * cut[1:]
+    return (1 - fx) * rows[:, :-1] + fx * rows[:, 1:]
 
 
 def alignment_quality(aligned: da.Array | np.ndarray) -> xr.Dataset:
@@ -127,18 +140,20 @@ def roi_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def alignment_error(positions: np.ndarray, truth_positions: np.ndarray) -> float:
-    """RMS error (px) of tracked displacements against the truth, both from the first frame.
+    """RMS error (px) of tracked motion against the true motion, each particle's constant offset removed.
 
     Parameters
     ----------
     positions, truth_positions : ndarray of shape (P, F, 2)
-        Measured and true centres; the constant offset between a centre-of-mass
-        and the true centroid cancels, as each is taken relative to frame 0.
-        NaN entries (lost frames) are ignored.
+        Measured and true centres. A centre of mass and the true centroid differ by
+        a constant per particle; that offset (the mean difference over the frames)
+        is removed, so no frame is special: measuring from frame 0 instead would add
+        frame 0's own error to every other frame. NaN entries (lost frames) are ignored.
     """
     est = np.asarray(positions, dtype=np.float64)
     true = np.asarray(truth_positions, dtype=np.float64)
     if est.shape != true.shape or est.ndim != 3:
         raise ShapeMismatchError("truth_positions", f"shape {true.shape} differs from positions {est.shape}")
-    err = (est - est[:, :1]) - (true - true[:, :1])
+    err = est - true
+    err = err - np.nanmean(err, axis=1, keepdims=True)
     return float(np.sqrt(np.nanmean(err**2)))

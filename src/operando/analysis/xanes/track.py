@@ -17,7 +17,7 @@ Each particle keeps one fixed moment region: its detected outline, grown by
 Why a fixed region: a per-frame threshold follows the contrast, which is low
 below the edge, so the outline, and the centre with it, changed with energy.
 Weights (``weighting``): ``"soft"`` (default) is the absorbance above the plane
-divided by half the region's mean and clipped to [0, 1], a sub-pixel soft edge
+divided by 3/4 of the region's mean and clipped to [0, 1], a sub-pixel soft edge
 whose level follows the contrast, so the same contour is found at every energy
 and chemical contrast inside the particle does not pull the centre (on the
 phantom, 1 scan × 143 energies, 256²: see ``benchmarks/results/xanes.md``);
@@ -47,7 +47,7 @@ __all__ = ["track_particles"]
 WEIGHTINGS = ("soft", "intensity", "mask")
 _MIN_AREA_FRACTION = 0.3  # a candidate smaller than this share of the previous region is debris
 _MERGE_AREA_FRACTION = 1.6  # a region this much larger than before has merged with a neighbour
-_SOFT_FRACTION = 0.5  # soft-edge level, as a share of the region's mean excess
+_SOFT_FRACTION = 0.75  # soft-edge level, as a share of the region's mean excess
 _RING_PX = 4  # background ring beyond the search distance
 _PLANAR = np.array([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))], bool)
 
@@ -86,7 +86,7 @@ def track_particles(
     pixel_size_um: float | None = None,
     reference_particle: int | None = None,
     chunk_frames: int = 16,
-    mask_pad_px: int = 2,
+    mask_pad_px: int = 4,
 ) -> xr.Dataset:
     """Track each detected particle through the frames.
 
@@ -199,10 +199,11 @@ def _step(frame: np.ndarray, state: _State, geo: _Geometry, min_ssim: float, wei
     origin, window, inside = _windows(frame, state.centre, geo.half)
     excess, sigma = _excess(window, inside & ~geo.near, geo.basis)
     above = (excess > 3 * sigma[:, None, None]) & inside
-    labels, _ = ndimage.label(above, structure=_PLANAR)
-    boxes = ndimage.find_objects(labels)
-    area, centroid = _components(labels, len(boxes))
-    chosen, ssim = _choose(frame, state, geo, origin, boxes, area, centroid, min_ssim)
+    labels, n = ndimage.label(above, structure=_PLANAR)
+    area, centroid = _components(labels, n)
+    at_edge = np.zeros(n + 1, dtype=bool)
+    at_edge[labels[_frame_border(origin, labels.shape, frame.shape)]] = True
+    chosen, ssim = _choose(frame, state, geo, origin, (area, centroid, at_edge[1:]), min_ssim)
     shift = np.zeros_like(origin)
     for p, label in chosen.items():
         shift[p] = np.round(centroid[label, 1:]).astype(int) - geo.half
@@ -244,11 +245,12 @@ def _excess(window: np.ndarray, background: np.ndarray, basis: np.ndarray):
     pairs = (flat_basis[:, None] * flat_basis[None]).reshape(9, -1)
     values = window.reshape(n_p, -1)
     use = background.reshape(n_p, -1).astype(np.float32)
-    for _ in range(2):
-        normal = (use @ pairs.T).reshape(n_p, 3, 3).astype(np.float64) + 1e-9 * np.eye(3)
-        coef = np.linalg.solve(normal, ((use * values) @ flat_basis.T)[..., None])[..., 0]
-        residual = values - coef.astype(np.float32) @ flat_basis
-        sigma = np.sqrt((use * residual**2).sum(axis=1) / np.maximum(use.sum(axis=1), 1))
+    for _ in range(2):  # einsum, not BLAS: tiny products, where BLAS threading only costs
+        normal = np.einsum("pn,kn->pk", use, pairs).reshape(n_p, 3, 3).astype(np.float64)
+        rhs = np.einsum("pn,kn->pk", use * values, flat_basis)
+        coef = np.linalg.solve(normal + 1e-9 * np.eye(3), rhs[..., None])[..., 0].astype(np.float32)
+        residual = values - np.einsum("pk,kn->pn", coef, flat_basis)
+        sigma = np.sqrt(np.einsum("pn,pn->p", use, residual**2) / np.maximum(use.sum(axis=1), 1))
         use *= np.abs(residual) <= 3 * sigma[:, None]
     sigma = np.where(use.sum(axis=1) > 0, sigma, np.inf)
     return residual.reshape(window.shape), sigma
@@ -264,12 +266,24 @@ def _components(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return area, centroid / np.maximum(area, 1)[:, None]
 
 
-def _choose(frame, state, geo, origin, boxes, area, centroid, min_ssim):
+def _frame_border(
+    origin: np.ndarray, shape: tuple[int, int, int], frame_shape: tuple[int, int]
+) -> np.ndarray:
+    """Window pixels (P, Hy, Hx) on the frame's outermost rows and columns."""
+    iy = origin[:, :1] + np.arange(shape[1])
+    ix = origin[:, 1:] + np.arange(shape[2])
+    on_y, on_x = (iy == 0) | (iy == frame_shape[0] - 1), (ix == 0) | (ix == frame_shape[1] - 1)
+    in_y, in_x = (iy >= 0) & (iy < frame_shape[0]), (ix >= 0) & (ix < frame_shape[1])
+    return (on_y & in_y)[:, :, None] & in_x[:, None, :] | (on_x & in_x)[:, None, :] & in_y[:, :, None]
+
+
+def _choose(frame, state, geo, origin, components, min_ssim):
     """The component each live particle continues with ({particle: label index}), and the SSIM used."""
+    area, centroid, at_edge = components
     ssim = np.full(len(state.centre), np.nan)
     owner = np.round(centroid[:, 0]).astype(int)
     chosen: dict[int, int] = {}
-    claimed: dict[tuple[int, int], int] = {}
+    claimed: dict[tuple, int] = {}  # by global centroid: one object seen from two windows
     for p in (p for p, reason in enumerate(state.lost) if not reason):
         cands = np.flatnonzero((owner == p) & (area >= _MIN_AREA_FRACTION * state.area[p]))
         if cands.size == 0:
@@ -281,14 +295,11 @@ def _choose(frame, state, geo, origin, boxes, area, centroid, min_ssim):
                 frame, state, geo.roi_half[p], p, origin[p] + centroid[cands, 1:], min_ssim
             )
         label = cands[best]
-        box = (
-            np.array([[s.start, s.stop] for s in boxes[label][1:]]).T + origin[p]
-        )  # global (y0, x0), (y1, x1)
-        if np.any(box[0] == 0) or np.any(box[1] == frame.shape):
+        if at_edge[label]:
             state.lost[p] = "left the field"
         elif state.measured[p] and area[label] > _MERGE_AREA_FRACTION * state.area[p]:
             state.lost[p] = "merged with another object"
-        elif (key := tuple(box[0])) in claimed:
+        elif (key := tuple(np.round(origin[p] + centroid[label, 1:], 3))) in claimed:
             state.lost[p] = state.lost[claimed[key]] = "merged with another particle"
             chosen.pop(claimed[key], None)
         else:
