@@ -332,6 +332,7 @@ def write_stats(ds: xr.Dataset, out_dir: str | Path, *, overwrite: bool = False)
     with warnings.catch_warnings():
         # Fixed-width str coords (class, side, pair) have no frozen zarr v3 spec yet; xarray reads them back.
         warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
-        ds.to_zarr(out / "maps.zarr", mode="w", zarr_format=3, consolidated=False)
+        # every chunk stored, even all-NaN ones (no colocalization yet), so the store can be verified whole
+        ds.to_zarr(out / "maps.zarr", mode="w", zarr_format=3, consolidated=False, write_empty_chunks=True)
     mark_complete(out / "maps.zarr")
     return out
