@@ -101,6 +101,18 @@ def test_small_edge_and_touching_objects_are_rejected():
     }
 
 
+def test_labels_keep_the_otsu_core_not_the_blurred_rim():
+    yy, xx = np.indices((96, 96))
+    rimmed = np.clip((14 - np.hypot(yy - 30, xx - 30)) / 6, 0, 1)  # plateau r < 8, linear rim to r = 14
+    dim = np.hypot(yy - 68, xx - 66) < 7
+    image = rimmed + 0.3 * dim  # the dim disk lies wholly below Otsu's threshold
+    found = detect_particles(image, min_size_px=20)
+    assert len(found) == 2 and np.allclose(found.centroid, [(30, 30), (68, 66)], atol=0.5)
+    assert image[found.labels == 1].min() > 0.35  # the faint outer rim is not part of the particle
+    assert found.area[0] < np.sum(rimmed > 0.1) - 100
+    assert found.area[1] == dim.sum()  # no pixel above Otsu: the whole object is kept
+
+
 def test_no_particle_is_an_error():
     with pytest.raises(NoParticlesError, match="no isolated particle"):
         detect_particles(_disks([(3, 40)], 8))
@@ -139,5 +151,6 @@ def test_real_txm_frames_hold_a_particle():
     sample = mean("rep01_20161456_ssrl-test-data_08354.0_eV_00*of003.xrm")
     flat = mean("rep01_*_ref_20161456_ssrl-test-data_08354.0_eV_*.xrm")
     found = detect_particles(absorbance(sample, flat)[0])
-    assert len(found) >= 1
+    # 7 visibly isolated Ni particles + 1 Ni-free blob (no edge jump given here).
+    assert len(found) == 8
     assert found.area.min() > 1000  # secondary particles, not specks

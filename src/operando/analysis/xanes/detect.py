@@ -2,11 +2,12 @@
 
 Steps: a robust reference image (the mean of post-edge absorbance frames), a
 smooth background removed by normalized convolution over the pixels Otsu calls
-background, an Otsu threshold, watershed on the distance transform to split
-touching blobs, then filters: debris smaller than ``min_size_px``, objects
+background, a noise-based threshold (at most Otsu's), watershed on the distance
+transform to split touching blobs, then filters: debris smaller than ``min_size_px``, objects
 larger than ``max_size_px``, objects touching the field edge or another object
 (only isolated particles are kept) and, when an edge-jump image is given,
-objects without a Ni K-edge (the debris of the phantom and of the paper).
+objects without a Ni K-edge (the debris of the phantom and of the paper). Each
+kept particle's pixels are then its Otsu core, without the blurred rim.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 from skimage import filters, measure, morphology, segmentation
 
 from operando.errors import EnergyListError, NoParticlesError, ParticleSizeError, ShapeMismatchError
@@ -123,8 +124,11 @@ def detect_particles(
     min_jump_fraction: float = 0.3,
     min_size_px: int | None = None,
     max_size_px: int | None = None,
+    min_size_fraction: float = 0.02,
     margin_px: int = 8,
     background_px: float | None = None,
+    noise_sigmas: float = 4.0,
+    split_neck_ratio: float = 0.8,
     split_depth_px: float = 2.0,
 ) -> Particles:
     """Find isolated particles in a reference absorbance image.
@@ -141,15 +145,27 @@ def detect_particles(
         0.3 by default: Ni particles jump by ~0.8 of their post-edge absorbance,
         Ni-free debris by ~0 (a smooth photoabsorption slope).
     min_size_px : int, optional
-        Smaller objects are debris. Default 0.2 % of the field (131 px for 256²).
+        Smaller objects are debris. Default ``min_size_fraction`` of the typical
+        particle area (at least 16 px).
     max_size_px : int, optional
         Larger objects are rejected (default: no limit).
+    min_size_fraction : float
+        Typical area = the area-weighted median object area (the area of the object
+        holding the median foreground pixel), so many specks do not lower it.
     margin_px : int
         ROI margin around each bounding box.
     background_px : float, optional
         Gaussian scale of the smooth background (default: an eighth of the field).
+    noise_sigmas : float
+        Foreground = above the background by this many robust noise sigmas (or above
+        Otsu's threshold, whichever is lower): Otsu alone, pulled up by the bright
+        large particles, cuts dim small ones into specks.
+    split_neck_ratio : float
+        A touching blob is split where its neck's half-width is below this fraction of
+        the smaller part's inscribed radius (both plus ``split_depth_px``), so rough
+        outlines of large particles do not seed spurious objects.
     split_depth_px : float
-        Distance-transform maxima shallower than this do not seed a new object.
+        Offset (px) of the neck test: small maxima need a neck deeper than this.
 
     Returns
     -------
@@ -165,9 +181,10 @@ def detect_particles(
     image = np.asarray(reference, dtype=np.float64)
     if image.ndim != 2:
         raise ShapeMismatchError("reference", f"shape {image.shape} is not (Y, X)")
-    min_size = int(min_size_px if min_size_px is not None else max(16, 2e-3 * image.size))
     flat = _remove_background(image, background_px or max(image.shape) / 8)
-    labels = _split(flat > filters.threshold_otsu(flat), split_depth_px)
+    labels = _split(_foreground(flat, noise_sigmas), split_neck_ratio, split_depth_px)
+    typical = _typical_area(labels)
+    min_size = int(min_size_px if min_size_px is not None else max(16, min_size_fraction * typical))
     jump = (
         None
         if edge_jump is None
@@ -176,7 +193,7 @@ def detect_particles(
     keep, rejected = _filter(labels, flat, jump, min_size, max_size_px, min_jump_fraction, margin_px)
     if not keep:
         raise NoParticlesError("reference", f"no isolated particle found (rejected: {rejected or 'nothing'})")
-    return _particles(labels, keep, margin_px, rejected)
+    return _particles(_core(labels, keep, flat), keep, margin_px, rejected)
 
 
 def _remove_background(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -189,16 +206,61 @@ def _remove_background(image: np.ndarray, sigma: float) -> np.ndarray:
     return image - num / np.maximum(den, 1e-6)
 
 
-def _split(mask: np.ndarray, depth: float) -> np.ndarray:
+def _foreground(flat: np.ndarray, sigmas: float) -> np.ndarray:
+    """Pixels above the background by ``sigmas`` robust noise sigmas (at most Otsu's threshold).
+
+    Below a quarter of the background-to-Otsu step is never foreground.
+    """
+    # Light smoothing so the noise-based threshold does not fray particle outlines.
+    smooth = ndimage.gaussian_filter(flat, 1.0)
+    otsu = filters.threshold_otsu(smooth)
+    background = smooth[smooth <= otsu]
+    centre = np.median(background)
+    noise = stats.median_abs_deviation(background, scale="normal")
+    # The floor keeps noise-free images from thresholding at the background itself.
+    return smooth > min(otsu, centre + max(sigmas * noise, (otsu - centre) / 4))
+
+
+def _split(mask: np.ndarray, ratio: float, depth: float) -> np.ndarray:
     """Label the mask, splitting touching blobs by watershed on the distance transform."""
     mask = ndimage.binary_fill_holes(ndimage.binary_opening(mask, morphology.disk(1)))
     distance = ndimage.distance_transform_edt(mask)
-    # h-maxima: one seed per blob whose centre stands ``depth`` above its neck.
-    markers = measure.label(morphology.h_maxima(distance, depth).astype(bool) & mask)
+    # h-maxima of log(distance + depth): a seed per blob whose neck (saddle s below
+    # peak p) satisfies s + depth < ratio (p + depth), a neck deep relative to its size.
+    log_distance = np.log(distance + depth)
+    # Regional maxima of the h-reconstruction, not skimage's h_maxima: that keeps
+    # both summits of equal-height twins, splitting two halves of one blob.
+    flooded = morphology.reconstruction(log_distance + np.log(ratio), log_distance)
+    markers = measure.label(morphology.local_maxima(flooded) & mask)
     labels = segmentation.watershed(-distance, markers, mask=mask)
     # Blobs too thin to hold a seed (debris) stay objects of their own.
     lone = measure.label(mask & (labels == 0))
     return np.where(lone > 0, lone + labels.max(), labels)
+
+
+def _core(labels: np.ndarray, keep: list[int], flat: np.ndarray) -> np.ndarray:
+    """Restrict each kept object to its pixels above Otsu's threshold (the whole object if none).
+
+    The low threshold finds and splits dim particles but takes in their blurred rim,
+    whose partial-volume signal would bias per-particle spectra.
+    """
+    core = ndimage.binary_fill_holes(
+        ndimage.binary_opening(flat > filters.threshold_otsu(flat), morphology.disk(1))
+    )
+    has_core = np.bincount(labels[core], minlength=labels.max() + 1) > 0
+    has_core[0] = False
+    trim = np.isin(labels, keep) & has_core[labels] & ~core
+    return np.where(trim, 0, labels)
+
+
+def _typical_area(labels: np.ndarray) -> float:
+    """Area-weighted median object area: the area of the object holding the median foreground pixel."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = np.sort(areas[areas > 0])
+    if areas.size == 0:
+        return 0.0
+    cumulative = np.cumsum(areas)
+    return float(areas[np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def _filter(
@@ -212,8 +274,11 @@ def _filter(
 ) -> tuple[list[int], dict[str, int]]:
     """Labels of isolated particles, and the count of rejected objects per reason."""
     ny, nx = labels.shape
-    grown = ndimage.grey_dilation(labels, size=3)
-    shrunk = -ndimage.grey_dilation(-np.where(labels > 0, labels, labels.max() + 1), size=3)
+    # Specks along a frayed outline do not make a particle "touching": only
+    # neighbours of at least ``min_size`` count.
+    solid = np.where(np.bincount(labels.ravel())[labels] >= min_size, labels, 0)
+    grown = ndimage.grey_dilation(solid, size=3)
+    shrunk = -ndimage.grey_dilation(-np.where(solid > 0, solid, labels.max() + 1), size=3)
     keep, rejected = [], {}
     for region in measure.regionprops(labels, intensity_image=flat):
         y0, x0, y1, x1 = region.bbox
