@@ -100,6 +100,17 @@ def test_predict_writes_drafts_equal_to_the_in_memory_model(model, cell, tmp_pat
     assert main([*args, "--jobs", "1", "--cores", "1", "--quiet"]) == 2  # exists; needs --overwrite
 
 
+def test_predict_defaults_to_the_training_patch(model, cell, tmp_path: Path):
+    """A larger inference patch pads far more than training did (measured: −0.26 mean IoU at 256 vs 32)."""
+    path, _ = cell
+    drafts = tmp_path / "d.zarr"
+    assert (
+        main(["predict", str(path), "--model", str(model[0]), "-o", str(drafts), "--quiet", "--jobs", "1"])
+        == 0
+    )
+    assert open_dataset(drafts).attrs["patch"] == read_header(model[0]).provenance["training"]["patch"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -189,7 +189,7 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output dataset (.zarr)")
     p.add_argument("--variable", default="intensity", help="image variable (default intensity)")
     p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="2D models: slices across this axis")
-    p.add_argument("--patch", type=int, help="patch edge (default 256 in 2D, 64 in 3D)")
+    p.add_argument("--patch", type=int, help="patch edge (default: the model's training patch)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--blend", default="mean", choices=("mean", "gaussian"))
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (float16)")

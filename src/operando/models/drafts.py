@@ -69,7 +69,8 @@ def predict_drafts(
     axis : {"z", "y", "x"}, keyword-only
         2D models run on the slices across this axis; ignored for 3D models.
     patch : int, optional, keyword-only
-        Patch edge (default 256 in 2D, 64 in 3D, rounded to the network's divisor).
+        Patch edge (default: the model's training patch, else 256 in 2D and 64 in
+        3D; rounded to the network's divisor).
     overlap, blend, batch_size, device, client, quiet
         As :func:`operando.engine.predict.predict`.
 
@@ -93,7 +94,11 @@ def predict_drafts(
         raise LabelsError("--axis", f"{axis!r} is not one of z, y, x")
     dims = int(header.arguments.get("spatial_dims", 2))
     divisor = 2 ** (len(header.arguments.get("channels", (1,))) - 1)
-    edge = patch or (256 if dims == 2 else 64)
+    # A patch larger than the training one pads the image far more than training did,
+    # and the deep levels see that padding: measured, a model trained on 32² patches
+    # lost 0.26 mean IoU when run on 256² patches. Default to the training patch.
+    trained = (header.provenance or {}).get("training", {}).get("patch")
+    edge = patch or trained or (256 if dims == 2 else 64)
     edge = max(divisor, edge // divisor * divisor)
     axes = (1, 2, 3) if dims == 3 else tuple(1 + i for i in range(3) if AXES[i] != axis)
     shape = ds[variable].shape
@@ -118,6 +123,7 @@ def predict_drafts(
         "source": f"{image}:{variable}",
         "classes": classes,
         "axis": axis,
+        "patch": edge,
         "modality": ds.attrs.get("modality", "ct"),
         # the statistics need the geometry of the image the labels describe
         **{k: ds.attrs[k] for k in ("voxel_size_um", "normal_axis") if k in ds.attrs},
