@@ -12,9 +12,10 @@ from operando.analysis.ct.register import (
     RegistrationOptions,
     estimate_transforms,
     rotation_matrix,
+    sub_volume_boxes,
 )
 from operando.analysis.ct.resample import apply_transforms
-from operando.errors import ReferenceIndexError, RegistrationError, VoxelSizeError
+from operando.errors import CropError, ReferenceIndexError, RegistrationError, VoxelSizeError
 from operando.io import open_dataset
 from operando.synth._shapes import rotation_matrix as phantom_rotation
 from operando.synth.ct import make_ct, synth_ct
@@ -192,3 +193,17 @@ def test_distributed_client_gives_the_threaded_result(client, tmp_path):
         outs.append(out[...])
     np.testing.assert_array_equal(outs[1], outs[0])
     assert np.isfinite(outs[0]).mean() > 0.8
+
+
+def test_sub_volumes_can_be_placed_on_static_material(phantom):
+    within = [slice(8, 40), slice(None), slice(-32, None)]
+    boxes = sub_volume_boxes((64, 64, 64), size=16, per_axis=2, within=within)
+    assert len(boxes) == 8
+    assert all(b[0].start >= 8 and b[0].stop <= 40 and b[2].start >= 32 for b in boxes)
+    data, truth = phantom
+    with dask.config.set(scheduler="threads"):
+        est = estimate_transforms(data, sub_volume_size=48, sub_volumes=1, static_region="z=8:56")
+    for t in range(2):
+        assert corner_error_voxels(est, truth, t, (64, 64, 64)) <= 0.5
+    with pytest.raises(CropError, match="z"):
+        estimate_transforms(data, static_region="z=60:90")

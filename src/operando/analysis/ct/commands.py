@@ -43,6 +43,9 @@ def _register_flags(p: argparse.ArgumentParser) -> None:
         help="estimate on full-resolution sub-volumes (default) or a block-averaged whole volume",
     )
     p.add_argument("--sub-volume-size", type=int, default=300, help="sub-volume edge in voxels")
+    p.add_argument(
+        "--static-region", metavar="CROP", help="place the sub-volumes on static material, e.g. z=0:120"
+    )
     p.add_argument("--shrink", type=int, default=4, help="block-mean factor of --mode downsampled")
     p.add_argument("--order", type=int, default=1, choices=(1, 3), help="interpolation: 1 linear, 3 cubic")
 
@@ -120,6 +123,7 @@ def _run_register(args: argparse.Namespace) -> None:
             reference=args.reference,
             mode=args.mode,
             sub_volume_size=args.sub_volume_size,
+            static_region=args.static_region,
             shrink=args.shrink,
             order=args.order,
             overwrite=args.overwrite,

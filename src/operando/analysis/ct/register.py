@@ -201,13 +201,26 @@ def _corners_um(box: Box, origin: np.ndarray, spacing: float) -> np.ndarray:
 
 
 def sub_volume_boxes(
-    shape: Sequence[int], *, size: int | Sequence[int] = 300, per_axis: int | Sequence[int] = 2
+    shape: Sequence[int],
+    *,
+    size: int | Sequence[int] = 300,
+    per_axis: int | Sequence[int] = 2,
+    within: Sequence[slice] | None = None,
 ) -> list[Box]:
     """Boxes of ``size`` (clipped to ``shape``) centred on a grid spread over the volume.
 
     Centres lie at fractions ``(i + 1/2) / per_axis`` of each axis, shifted inward
     so every box fits; duplicates (e.g. where the box spans the axis) are dropped.
+    ``within`` (slices per axis) spreads them over that region only, e.g. the
+    static material of the cell.
     """
+    if within is not None:
+        start = [r.indices(n)[0] for r, n in zip(within, shape, strict=True)]
+        inner = [len(range(*r.indices(n))) for r, n in zip(within, shape, strict=True)]
+        boxes = sub_volume_boxes(inner, size=size, per_axis=per_axis)
+        return [
+            tuple(slice(b.start + a, b.stop + a) for b, a in zip(box, start, strict=True)) for box in boxes
+        ]
     size, per_axis = np.broadcast_to(size, 3), np.broadcast_to(per_axis, 3)
     starts = []
     for n, s, k in zip(shape, size, per_axis, strict=True):
@@ -266,6 +279,7 @@ def estimate_transforms(
     refine: bool = True,
     options: RegistrationOptions | None = None,
     on_failure: Literal["raise", "report"] = "raise",
+    static_region: str | None = None,
     client: object | None = None,
 ) -> xr.Dataset:
     """Estimate the rigid transform of every timestep relative to ``reference``.
@@ -291,6 +305,10 @@ def estimate_transforms(
     on_failure : {"raise", "report"}, keyword-only
         Raise :class:`RegistrationError` for a timestep that did not converge, or
         mark it ``converged=False`` (the resampler then refuses to apply it).
+    static_region : str, optional, keyword-only
+        Place the sub-volumes in this region only (voxels, crop syntax such as
+        ``"z=0:120"``): material that does not change during the experiment, as
+        the paper did; default the whole volume.
     client : distributed.Client, optional, keyword-only
         Compute on its cluster; default: dask's current scheduler.
 
@@ -314,7 +332,13 @@ def estimate_transforms(
     shape = tuple(intensity.sizes[d] for d in AXES)
     centre = origin + (np.array(shape) - 1) / 2 * spacing
     threads = max(1, (os.cpu_count() or 1) // max(1, min(n_time - 1, os.cpu_count() or 1)))
-    boxes = sub_volume_boxes(shape, size=sub_volume_size, per_axis=sub_volumes)
+    within = None
+    if static_region:
+        from operando.analysis.ct.regions import parse_crop
+
+        crop = parse_crop(static_region, dict(zip(AXES, shape, strict=True)))
+        within = [crop.get(d, slice(None)) for d in AXES]
+    boxes = sub_volume_boxes(shape, size=sub_volume_size, per_axis=sub_volumes, within=within)
     grid = {"origin_um": origin, "spacing_um": spacing, "options": opts, "threads": threads}
     rows = {}
     for t in range(n_time):
