@@ -147,6 +147,7 @@ def memory(args: argparse.Namespace) -> str:
     from operando.models.weights import save_model
     from operando.synth import synth_ct
     from operando.synth.ct import CT_CLASSES
+    from operando.synth.labels import truth_segmentation
 
     shape = (args.t, args.size // 2, args.size, args.size)
     nbytes = 4 * int(np.prod(shape))
@@ -171,7 +172,7 @@ def memory(args: argparse.Namespace) -> str:
         segment(root / "reg.zarr", weights, root / "seg.zarr", device="cpu", client=client)
         rows.append(_row("segment (small model)", start, shape, client, peak_worker_memory))
         start = time.perf_counter()
-        truth_seg = _truth_segmentation(cell, root / "truth_seg.zarr")
+        truth_seg = truth_segmentation(cell, root / "truth_seg.zarr")
         statistics(truth_seg, root / "stats", plating_side="high", client=client)
         rows.append(_row("stats", start, shape, client, peak_worker_memory))
     head = (
@@ -179,21 +180,6 @@ def memory(args: argparse.Namespace) -> str:
         f"2 workers × {args.worker_memory} ({nbytes / _bytes(args.worker_memory):.1f}× a worker's limit)"
     )
     return "\n".join([head, "", *rows])
-
-
-def _truth_segmentation(cell: Path, path: Path) -> Path:
-    """Reference-frame truth written as labels (the untrained model's labels have no gap to split)."""
-    from operando.io import open_dataset
-    from operando.io.layout import label_attrs
-    from operando.io.store import write_dataset
-    from operando.synth.ct import CT_CLASSES
-
-    truth = open_dataset(cell, group="truth")
-    ds = truth[["labels"]].drop_vars(["class", "axis"], errors="ignore")
-    ds["labels"].attrs.update(label_attrs(CT_CLASSES))
-    ds.attrs.update(voxel_size_um=1.33, normal_axis="z")
-    write_dataset(ds, path)
-    return path
 
 
 def _bytes(text: str) -> int:

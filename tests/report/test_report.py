@@ -22,8 +22,6 @@ import zarr
 from operando.analysis.ct.pipeline import CellCurrent, statistics
 from operando.cli import main
 from operando.errors import DatasetLayoutError, InputNotFoundError, OutputExistsError
-from operando.io import open_dataset
-from operando.io.layout import label_attrs
 from operando.models.networks import ResidualUNet
 from operando.models.weights import save_model
 from operando.report import render_report, write_report
@@ -31,6 +29,7 @@ from operando.report.runs import find_runs, zarr_metadata_files, zarr_metadata_s
 from operando.report.xanes import track_summary
 from operando.synth import synth_ct
 from operando.synth.ct import CT_CLASSES
+from operando.synth.labels import truth_segmentation
 
 matplotlib.use("Agg")
 
@@ -52,7 +51,7 @@ def demo(tmp_path_factory) -> Path:
         classes=CT_CLASSES,
         provenance={"epochs": 1},
     )
-    segmented = _truth_as_segmentation(cell, ct / "segmented.zarr", model=model)
+    segmented = truth_segmentation(cell, ct / "segmented.zarr", attrs={"model": str(model)})
     _transforms_csv(ct / "registered.transforms.csv", FROZEN["times_min"])
     with dask.config.set(scheduler="threads"):
         statistics(
@@ -64,18 +63,6 @@ def demo(tmp_path_factory) -> Path:
     _xanes_run(out / "xanes")
     (out / "timings.json").write_text(json.dumps({"ct": 12.5, "xanes": 3.25}))
     return out
-
-
-def _truth_as_segmentation(cell: Path, path: Path, *, model: Path) -> Path:
-    """The phantom's truth written as `operando ct segment` writes labels (with its attrs)."""
-    truth = open_dataset(cell, group="truth")
-    ds = xr.Dataset(
-        {"labels": (truth.labels.dims, truth.labels.data, label_attrs(CT_CLASSES))},
-        coords={d: truth[d] for d in truth.labels.dims},
-        attrs={"voxel_size_um": 1.33, "normal_axis": "z", "model": str(model), "operando:complete": True},
-    )
-    ds.to_zarr(path, zarr_format=3, consolidated=True)
-    return path
 
 
 def _transforms_csv(path: Path, times: list[float]) -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import xarray as xr
 
 from operando.cli import main
 from operando.io import open_dataset
-from operando.io.layout import label_attrs
 from operando.synth import synth_ct
 from operando.synth.ct import CT_CLASSES
+from operando.synth.labels import truth_segmentation
 
 LOCAL = ["--quiet", "--jobs", "1", "--cores", "2"]
 FROZEN = {"times_min": [999.998, 999.999, 1000.0], "charge_end_min": 1000.0}  # only rigid motion differs
@@ -85,20 +84,8 @@ def test_run_chains_register_segment_stats_into_one_folder(cell: Path, model: Pa
     assert {"volumes.png", "thickness_maps.png", "faraday.png"} <= set(pngs)
 
 
-def _truth_as_segmentation(cell: Path, path: Path) -> Path:
-    """The phantom's reference-frame truth written as `operando ct segment` would write labels."""
-    truth = open_dataset(cell, group="truth")
-    ds = xr.Dataset(
-        {"labels": (truth.labels.dims, truth.labels.data, label_attrs(CT_CLASSES))},
-        coords={d: truth[d] for d in truth.labels.dims},
-        attrs={"voxel_size_um": 1.33, "normal_axis": "z", "operando:complete": True},
-    )
-    ds.to_zarr(path, zarr_format=3, consolidated=True)
-    return path
-
-
 def test_stats_of_the_truth_match_the_phantom_voxel_counts(cell: Path, tmp_path: Path):
-    seg = _truth_as_segmentation(cell, tmp_path / "seg.zarr")
+    seg = truth_segmentation(cell, tmp_path / "seg.zarr")
     assert (
         main(["ct", "stats", str(seg), "-o", str(tmp_path / "stats"), "--plating-side", "high", *LOCAL]) == 0
     )
@@ -114,7 +101,7 @@ def test_stats_of_the_truth_match_the_phantom_voxel_counts(cell: Path, tmp_path:
 
 
 def test_bad_flags_are_one_line_errors(cell: Path, tmp_path: Path, capsys):
-    seg = _truth_as_segmentation(cell, tmp_path / "seg.zarr")
+    seg = truth_segmentation(cell, tmp_path / "seg.zarr")
     out = str(tmp_path / "s")
     assert main(["ct", "stats", str(seg), "-o", out, "--crop", "y=60:70", *LOCAL]) == 2
     assert "CropError" not in (err := capsys.readouterr().err) and "y" in err and "48" in err
