@@ -8,6 +8,7 @@ print(machine_markdown())
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -44,13 +45,26 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _gpu() -> str | None:
+    """``"NVIDIA H100 80GB HBM3 × 1"`` as torch sees it, or None (no torch, no CUDA device)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return ", ".join(f"{n} × {names.count(n)}" for n in dict.fromkeys(names))
+
+
 def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, object]:
-    """CPU model and count, RAM, OS, Python and the versions of ``packages`` installed."""
+    """CPU model and count, RAM, GPU (or None), OS, Python and the versions of ``packages`` installed."""
     ram = _ram_gib()
     return {
         "cpu": _cpu_model(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "ram_gib": None if ram is None else round(ram, 1),
+        "gpu": _gpu(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "packages": {p: v for p in packages if (v := _version(p)) is not None},
@@ -59,11 +73,14 @@ def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, object]:
 
 
 def machine_markdown(packages: tuple[str, ...] = PACKAGES) -> str:
-    """One markdown line: ``Machine: CPU × n, RAM, OS, Python, packages``."""
+    """One markdown line: ``Machine: CPU (n CPUs), RAM, GPU, OS, Python; packages``."""
     m = machine_info(packages)
     pkgs = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     ram = "? GiB" if m["ram_gib"] is None else f"{m['ram_gib']} GiB"
-    return f"Machine: {m['cpu']} ({m['cpus']} CPUs), {ram} RAM, {m['os']}, Python {m['python']}; {pkgs}."
+    gpu = f"GPU {m['gpu']}" if m["gpu"] else "no GPU"
+    return (
+        f"Machine: {m['cpu']} ({m['cpus']} CPUs), {ram} RAM, {gpu}, {m['os']}, Python {m['python']}; {pkgs}."
+    )
 
 
 if __name__ == "__main__":

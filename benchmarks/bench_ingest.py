@@ -5,6 +5,7 @@ then ``operando.io.ingest_ct`` runs in a fresh subprocess that reports its own
 peak RSS. Usage::
 
     python benchmarks/bench_ingest.py --timesteps 2 --frames 512 --size 1024 --target-mib 32
+    python benchmarks/bench_ingest.py --quick     # 1 × (32, 128, 128), 1 MiB chunks, writes nothing
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--target-mib", type=float, nargs="+", default=[8, 32, 96])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 × (32, 128, 128), 1 MiB chunks, no results file"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.timesteps, args.frames, args.size, args.target_mib = 1, 32, 128, [1.0]
     rows = []
     for target in args.target_mib:
         t0 = time.perf_counter()
@@ -94,6 +100,9 @@ def main() -> None:
             "",
         ]
     )
+    if args.quick:
+        print(text)
+        return
     args.out.write_text(text)
     print(f"wrote {args.out}")
 

@@ -18,6 +18,7 @@ Run::
 
     /work/venv/bin/python benchmarks/bench_xanes_methods.py                  # 3 scans × 143 energies
     /work/venv/bin/python benchmarks/bench_xanes_methods.py --energies 31 --scans 1 --no-write
+    /work/venv/bin/python benchmarks/bench_xanes_methods.py --quick   # 1 scan × 16 energies, 128², no file
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 scan × 16 energies of 128², no results file")
     args = parser.parse_args()
+    if args.quick:
+        args.scans, args.energies, args.size, args.no_write = 1, 16, 128, True
     with dask.config.set(scheduler="synchronous"):
         text = table(run(args), args)
     print(text)

@@ -18,10 +18,13 @@ from operando import __version__
 from operando.analysis.ct.commands import add_ct_verbs
 from operando.analysis.xanes.commands import add_xanes_verbs
 from operando.engine.cluster import add_run_arguments, client_from_args
-from operando.errors import ConfigError, OperandoError
+from operando.errors import ConfigError, InputNotFoundError, OperandoError
 from operando.report import add_report_verb
 
 __all__ = ["main"]
+
+# src/operando/cli.py → the repository root of a source checkout (benchmarks/ is not packaged)
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_xanes_verbs(verbs)
     _add_export(verbs)
     add_report_verb(verbs)
+    _add_bench(verbs)
     info = verbs.add_parser(
         "info", help="describe a dataset: variables, chunks, codec, size, coordinates, completeness"
     )
@@ -234,6 +238,40 @@ def _run_export(args: argparse.Namespace) -> None:
             quiet=args.quiet,
         )
     print(f"wrote {out}")
+
+
+def _add_bench(verbs: argparse._SubParsersAction) -> None:
+    """Add ``operando bench [--suite quick|full] -o DIR``: ``python -m benchmarks`` of a source checkout."""
+    p = verbs.add_parser("bench", help="run the benchmark suite of a source checkout: JSON + Markdown table")
+    p.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick: smoke sizes (default)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for suite.json, suite.md, runs/")
+    p.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    p.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=_CHECKOUT / "benchmarks",
+        help="benchmarks folder (default: the checkout's)",
+    )
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    runner = args.benchmarks / "_suite.py"
+    if not runner.is_file():
+        raise InputNotFoundError(
+            runner,
+            "the benchmark suite is absent: it lives in a source checkout of operando, not in the installed package",
+            remedy="Clone the repository and run `operando bench` from its editable install, or pass --benchmarks.",
+        )
+    spec = importlib.util.spec_from_file_location("operando_benchmark_suite", runner)
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite  # its dataclasses look their module up there
+    spec.loader.exec_module(suite)
+    argv = ["--suite", args.suite, "-o", str(args.output), *(["--only", args.only] if args.only else [])]
+    if code := suite.main(argv):
+        raise SystemExit(code)
 
 
 def _name_list(text: str) -> tuple[str, ...]:

@@ -17,7 +17,13 @@ from operando.models.labels import SparseLabels, open_label_tiffs
 from operando.models.metrics import SegmentationMetrics
 from operando.models.networks import ResidualUNet
 from operando.models.sampling import PatchSource, augment, split_slices
-from operando.models.training import TrainingConfig, masked_cross_entropy, save_result, train
+from operando.models.training import (
+    TrainingConfig,
+    masked_cross_entropy,
+    masked_dice_loss,
+    save_result,
+    train,
+)
 from operando.models.weights import read_header, save_model
 from operando.synth import synth_ct
 from operando.synth.ct import CT_CLASSES
@@ -67,6 +73,27 @@ def test_loss_equals_plain_cross_entropy_over_labelled_pixels_only():
     g_ref = torch.autograd.grad(reference, list(net.parameters()))
     for a, b in zip(g_loss, g_ref, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("loss_fn", [masked_cross_entropy, masked_dice_loss])
+def test_unlabelled_pixels_get_no_gradient_from_either_loss(loss_fn):
+    labels = _labels((2, 8, 8), 2)
+    logits = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_fn(logits, labels), logits)
+    unlabelled = (labels == 0)[:, None].expand_as(logits)
+    assert torch.all(grad[unlabelled] == 0) and torch.any(grad[~unlabelled] != 0)
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_weighs_classes_alike():
+    labels = torch.ones(1, 16, 16, dtype=torch.long)
+    labels[0, :2, :2] = 2  # a rare class: 4 of 256 pixels
+    perfect = 40.0 * torch.nn.functional.one_hot(labels - 1, 2).movedim(-1, 1).double()
+    assert masked_dice_loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-6)
+    missed = perfect.clone()
+    missed[0, :, :2, :2] = perfect[0, :, 2:4, 2:4]  # the rare class called common
+    # 4 wrong pixels of 256: the rare class's Dice drops to ~0.2, so the loss to ~0.4
+    assert masked_dice_loss(missed, labels).item() > 0.35
+    assert masked_cross_entropy(missed, labels).item() < 0.7
 
 
 def test_a_batch_without_labels_gives_zero_loss_and_gradient_not_nan():
@@ -254,7 +281,7 @@ def test_bad_training_inputs_are_refused(tmp_path: Path):
     some[:, :, :4] = 1
     tifffile.imwrite(tmp_path / "s_t0.tif", some, photometric="minisblack")
     labels = open_label_tiffs([tmp_path / "s_t0.tif"], image_shape=image.shape, n_classes=2)
-    with pytest.raises(ConfigError, match="6 is not a positive multiple of the network's divisor 4"):
+    with pytest.raises(ConfigError, match="6 is not a positive multiple of the network's divisor 8"):
         train(image, labels, TrainingConfig(classes=("a", "b"), patch=6, device="cpu"))
 
 

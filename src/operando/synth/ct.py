@@ -26,6 +26,20 @@ analytically: each voxel evaluates the geometry at its inverse-transformed
 position. The image is a low-contrast class-to-intensity map, blurred by a
 small Gaussian (``map_overlap`` with a halo) plus Gaussian noise keyed by global
 voxel index, so no result depends on the dask chunking.
+
+Static texture (``texture_rms``, default off)
+    Real Li foil is not a flat grey: grains, impurities and voids give it a
+    texture that stays put in the cell while pits, Li layers and swelling
+    change around it, and that is what a registration locks onto. With
+    ``texture_rms > 0`` the electrode intensity is multiplied by
+    ``1 + texture_rms · n(q)``, where ``n`` is a smooth 3D random field
+    (:func:`operando.synth._shapes.lattice_noise`, two octaves of lattice
+    spacing ``texture_length_voxels`` and half that, unit rms) evaluated at the
+    reference-frame point ``q``: it moves rigidly with the cell and, being hashed
+    from global lattice indices, does not depend on the chunking. Without it the
+    evolving cell has no static lateral structure and a rigid registration of it
+    is ill-posed. The plating electrode's texture moves with it as the cell
+    swells (by ``swelling`` along ``z``). The labels do not change.
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ from operando.io.chunking import choose_chunks
 from operando.io.layout import CT_DIMS, ct_dataset, label_attrs
 from operando.io.store import write_with_truth
 from operando.synth import _rng
-from operando.synth._shapes import FourierField, bilinear, random_field, rotation_matrix
+from operando.synth._shapes import FourierField, bilinear, lattice_noise, random_field, rotation_matrix
 
 __all__ = [
     "CLASS_INTENSITY",
@@ -61,6 +75,10 @@ CLASS_INTENSITY = np.array([0.40, 0.45, 0.47, 0.46, 0.12], dtype=np.float32)
 
 _SLAB = 8  # z-slices classified at once, to bound a kernel's temporaries
 _NOISE_STREAM = 1
+_TEXTURE_STREAM = 2
+# 1 / rms of 2·coarse + fine: lattice noise has variance (E[w² + (1 − w)²])³ = 0.410
+# averaged over a lattice cell (smoothstep weights w), and the two octaves add 5×.
+_TEXTURE_NORM = 1 / np.sqrt(5 * 0.40994)
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,10 @@ class Cell:
         Rigid motion of each timestep: reference point q appears at
         ``rotations[t] @ (q - centre) + centre + shifts[t]``.
     centre : ndarray of shape (3,)
+    texture_rms, texture_length : float
+        Relative rms and lattice spacing (voxels) of the static electrode texture.
+    texture_key : int
+        Its random stream (a uint64 key).
     """
 
     shape: tuple[int, int, int, int]
@@ -108,6 +130,9 @@ class Cell:
     rotations: np.ndarray
     shifts: np.ndarray
     centre: np.ndarray
+    texture_rms: float = 0.0
+    texture_length: float = 6.0
+    texture_key: int = 0
 
 
 def _progress(times: np.ndarray, charge_end: float) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +153,8 @@ def cell_geometry(
     swelling_voxels: float = 4.0,
     max_angle_deg: float = 0.8,
     max_shift_voxels: float = 3.0,
+    texture_rms: float = 0.0,
+    texture_length_voxels: float = 6.0,
 ) -> Cell:
     """Draw the global parameters of a cell phantom from ``seed``.
 
@@ -182,6 +209,9 @@ def cell_geometry(
         rotations=np.stack([rotation_matrix(a) for a in angles]),
         shifts=shifts,
         centre=(np.array([z, y, x], dtype=np.float64) - 1) / 2,
+        texture_rms=float(texture_rms),
+        texture_length=float(texture_length_voxels),
+        texture_key=int(_rng.stream_key(seed, _TEXTURE_STREAM)),
     )
 
 
@@ -205,11 +235,9 @@ def cell_labels(
     -------
     ndarray of uint8, shape ``shape``
     """
-    rot, shift = (cell.rotations[t], cell.shifts[t]) if moved else (np.eye(3), np.zeros(3))
-    # Voxel p shows the sample point q = Rᵀ(p − c − s) + c.
-    inverse, forward = rot.T, rot
-    inv_offset = cell.centre - inverse @ (cell.centre + shift)
-    fwd_offset = cell.centre + shift - rot @ cell.centre
+    inverse, inv_offset = _inverse(cell, t, moved)
+    forward = inverse.T
+    fwd_offset = -forward @ inv_offset
     first = np.array(origin, dtype=np.float64)
     lo, hi = _box_image(inverse, inv_offset, first, first + np.array(shape) - 1)
     gy0, gx0 = int(np.floor(lo[1])), int(np.floor(lo[2]))
@@ -231,13 +259,7 @@ def cell_labels(
     pz, py, px = (np.arange(o, o + n, dtype=np.float64) for o, n in zip(origin, shape, strict=True))
     for z0 in range(0, shape[0], _SLAB):
         z1 = min(z0 + _SLAB, shape[0])
-        p = (pz[z0:z1, None, None], py[None, :, None], px[None, None, :])
-        # Only the non-zero terms, so that without rotation the height maps are
-        # interpolated once per (y, x) instead of once per voxel.
-        q = [
-            sum(inverse[i, j] * p[j] for j in range(3) if inverse[i, j] != 0) + inv_offset[i]
-            for i in range(3)
-        ]
+        q = _sample_points(inverse, inv_offset, (pz[z0:z1], py, px))
         surfaces = bilinear(grids, (gy0, gx0), q[1], q[2])
         labels, strip = _layers(cell, t, q[0], surfaces)
         q = [np.broadcast_to(c, labels.shape) for c in q]
@@ -248,6 +270,41 @@ def cell_labels(
                 box = (slice(lo_z - z0, hi_z - z0), slice(start[1], stop[1]), slice(start[2], stop[2]))
                 paint(cell, t, params, labels[box], [c[box] for c in q], strip[box])
         out[z0:z1] = labels
+    return out
+
+
+def _inverse(cell: Cell, t: int, moved: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset) of p ↦ q: voxel p shows the sample point q = Rᵀ(p − c − s) + c."""
+    rot, shift = (cell.rotations[t], cell.shifts[t]) if moved else (np.eye(3), np.zeros(3))
+    return rot.T, cell.centre - rot.T @ (cell.centre + shift)
+
+
+def _sample_points(inverse: np.ndarray, offset: np.ndarray, axes: tuple) -> list[np.ndarray]:
+    """Reference-frame coordinates (z, y, x) of the voxel grid ``axes`` (three 1D arrays)."""
+    p = (axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
+    # Only the non-zero terms, so that without rotation the height maps are
+    # interpolated once per (y, x) instead of once per voxel.
+    return [sum(inverse[i, j] * p[j] for j in range(3) if inverse[i, j] != 0) + offset[i] for i in range(3)]
+
+
+def cell_texture(cell: Cell, t: int, origin: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
+    """Relative static texture ``texture_rms · n(q)`` of the measured block (float32, ``shape``).
+
+    Two octaves of :func:`~operando.synth._shapes.lattice_noise` (spacing ``L`` and
+    ``L/2``, weights 2:1) scaled to unit rms on average, at the sample points of
+    timestep ``t``'s voxels; the plating electrode's texture moves with it as the
+    cell swells.
+    """
+    inverse, offset = _inverse(cell, t, moved=True)
+    middle = (cell.z_strip + cell.z_plate) / 2
+    out = np.empty(shape, dtype=np.float32)
+    pz, py, px = (np.arange(o, o + n, dtype=np.float64) for o, n in zip(origin, shape, strict=True))
+    for z0 in range(0, shape[0], _SLAB):
+        q = _sample_points(inverse, offset, (pz[z0 : z0 + _SLAB], py, px))
+        q[0] = np.where(q[0] > middle, q[0] - cell.swelling[t], q[0])
+        coarse = lattice_noise(np.uint64(cell.texture_key), cell.texture_length, *q)
+        fine = lattice_noise(np.uint64(cell.texture_key ^ 1), cell.texture_length / 2, *q)
+        out[z0 : z0 + _SLAB] = cell.texture_rms * _TEXTURE_NORM * (2 * coarse + fine)
     return out
 
 
@@ -328,6 +385,21 @@ def _labels_block(cell: Cell, moved: bool, block_info: dict | None = None) -> np
     return np.stack([cell_labels(cell, t, origin, shape, moved=moved) for t in range(t0, t1)])
 
 
+def _image_block(cell: Cell, block_info: dict | None = None) -> np.ndarray:
+    """Intensity of a block before blur and noise: class means, the electrode textured."""
+    (t0, t1), *space = block_info[None]["array-location"]
+    origin = tuple(a for a, _ in space)
+    shape = tuple(b - a for a, b in space)
+    out = np.empty((t1 - t0, *shape), dtype=np.float32)
+    for i, t in enumerate(range(t0, t1)):
+        labels = cell_labels(cell, t, origin, shape, moved=True)
+        out[i] = CLASS_INTENSITY[labels]
+        if cell.texture_rms > 0:
+            electrode = labels == ELECTRODE
+            out[i][electrode] *= 1 + cell_texture(cell, t, origin, shape)[electrode]
+    return out
+
+
 def _blur(block: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
     return ndimage.gaussian_filter(block, (0, sigma, sigma, sigma), truncate=truncate, mode="nearest")
 
@@ -358,6 +430,8 @@ def make_ct(
     max_shift_voxels: float = 3.0,
     noise_sigma: float = 0.02,
     blur_sigma_voxels: float = 0.8,
+    texture_rms: float = 0.0,
+    texture_length_voxels: float = 6.0,
     chunks: tuple[int, int, int, int] | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Build a lazy synthetic CT time series of a Li-metal symmetric cell and its truth.
@@ -381,6 +455,10 @@ def make_ct(
         Bounds of the per-timestep rigid misalignment (the last timestep has none).
     noise_sigma, blur_sigma_voxels : float
         Gaussian noise (intensity units) and Gaussian blur (voxels).
+    texture_rms, texture_length_voxels : float
+        Static electrode texture that moves with the cell: relative rms (e.g.
+        0.05 for 5 % contrast; 0 = flat electrodes) and correlation length
+        (voxels). See the module docstring.
     chunks : (T, Z, Y, X), optional
         Dask chunks (default: the operando chunking policy); the values do not
         depend on it.
@@ -409,7 +487,13 @@ def make_ct(
         swelling_voxels=4.0 if swelling_um is None else swelling_um / voxel_size_um,
         max_angle_deg=max_angle_deg,
         max_shift_voxels=max_shift_voxels,
+        texture_rms=texture_rms,
+        texture_length_voxels=texture_length_voxels,
     )
+    if not (texture_rms >= 0 and texture_length_voxels > 0):
+        raise ValueError(
+            f"texture_rms must be ≥ 0 and texture_length_voxels > 0, got {texture_rms}, {texture_length_voxels}"
+        )
     chunks = da.core.normalize_chunks(chunks or choose_chunks(shape, np.float32, CT_DIMS), shape)
 
     def labels(moved: bool) -> da.Array:
@@ -417,7 +501,9 @@ def make_ct(
             _labels_block, cell, moved, chunks=chunks, dtype=np.uint8, meta=np.empty((0,) * 4, np.uint8)
         )
 
-    image = labels(True).map_blocks(CLASS_INTENSITY.__getitem__, dtype=np.float32)
+    image = da.map_blocks(
+        _image_block, cell, chunks=chunks, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
+    )
     if blur_sigma_voxels > 0:
         truncate = 3.0
         halo = int(truncate * blur_sigma_voxels + 0.5)

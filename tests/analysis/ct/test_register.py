@@ -207,3 +207,57 @@ def test_sub_volumes_can_be_placed_on_static_material(phantom):
         assert corner_error_voxels(est, truth, t, (64, 64, 64)) <= 0.5
     with pytest.raises(CropError, match="z"):
         estimate_transforms(data, static_region="z=60:90")
+
+
+# An evolving cell (pits, Li layers, dendrites, swelling over charge and discharge)
+# whose only static structure is the electrode texture; its low-z electrode below
+# the deepest pit (z = 10 of 64 here) does not change. The slab is thin: shifts of
+# up to 3 voxels are half its 9 voxels, beyond the default sanity bound.
+EVOLVING = {"shape": (3, 64, 96, 96), "seed": 1, "voxel_size_um": VOXEL, "chunks": (1, 32, 48, 48)}
+BELOW_PITS = {
+    "static_region": "z=0:9",
+    "sub_volume_size": (9, 48, 48),
+    "sub_volumes": (1, 2, 2),
+    "options": RegistrationOptions(max_shift_fraction=0.5),
+}
+
+
+def _evolving(texture_rms: float):
+    data, truth = make_ct(**EVOLVING, texture_rms=texture_rms)
+    with dask.config.set(scheduler="threads"):
+        return data.persist(), truth
+
+
+def test_textured_evolving_cell_registers_on_its_static_electrode():
+    data, truth = _evolving(0.05)
+    assert float(truth.gap_um[1] - truth.gap_um[0]) > 2 * VOXEL  # it does evolve
+    with dask.config.set(scheduler="threads"):
+        est = estimate_transforms(data, **BELOW_PITS)
+    assert est.converged.all()
+    for t in range(2):
+        assert corner_error_voxels(est, truth, t, EVOLVING["shape"][1:]) <= 0.3
+        assert np.abs(est.angles_deg.values[t] - truth.angles_deg.values[t]).max() <= 0.1
+        assert est.disagreement_voxels.values[t] < 0.2
+
+
+def test_flat_evolving_cell_is_refused_not_applied():
+    data, _ = _evolving(0.0)
+    with dask.config.set(scheduler="threads"), pytest.raises(RegistrationError, match="static_region"):
+        estimate_transforms(data, **BELOW_PITS)
+
+
+def test_sub_volumes_that_disagree_fail_the_timestep():
+    # Boxes over the whole evolving cell: the plating side swells away from the
+    # stripping side and pits open between them, so no rigid motion explains all
+    # boxes (or too few converge), and every timestep is reported failed rather
+    # than applied 2-6 voxels off.
+    data, truth = _evolving(0.05)
+    with dask.config.set(scheduler="threads"):
+        est = estimate_transforms(
+            data, sub_volume_size=(32, 48, 48), sub_volumes=(2, 2, 2), options=FAST, on_failure="report"
+        )
+    tolerance = RegistrationOptions().max_disagreement_voxels
+    assert not est.converged.values[:2].any() and est.converged.values[2]
+    # NaN: too few boxes converged to compare them.
+    assert not np.any(est.disagreement_voxels.values[:2] <= tolerance)
+    assert max(corner_error_voxels(est, truth, t, EVOLVING["shape"][1:]) for t in range(2)) > 1

@@ -14,7 +14,8 @@ import xarray as xr
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from operando.analysis.ct.regions import SPLIT_CLASSES
+from operando.analysis.ct import stats
+from operando.analysis.ct.regions import ROLES, SPLIT_CLASSES
 from operando.analysis.ct.stats import cell_statistics, write_stats
 from operando.errors import AxisError, ClassNameError, CropError, OutputExistsError
 from operando.io.layout import label_attrs
@@ -228,3 +229,45 @@ def test_write_stats(phantom, tmp_path):
     with pytest.raises(OutputExistsError, match="holds"):
         write_stats(ds, out)
     write_stats(ds, out, overwrite=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    alphabet=st.sampled_from([(0, 1, 1, 2, 3, 4), (0, 1), (1,), (0,), (4,), (0, 4), (2, 3), (1, 4)]),
+    shuffle_values=st.booleans(),  # roles on other label values than 0-4 in order
+    depth=st.sampled_from([1, 3, 17, 300]),  # 300 > 255: the uint8 partial counts must roll over
+    z0=st.integers(0, 40),
+    cut=st.integers(-2, 310),
+    sub_slab_bytes=st.sampled_from([12, 60, 2**20]),  # 1, 5 or up to 255 slices of 3 × 4
+    stripping_low=st.booleans(),
+)
+def test_chunk_kernel_matches_numpy(
+    seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, stripping_low
+):
+    """The per-chunk kernel (uint8 sub-slab masks, shortcuts) against the numpy oracle, plane anywhere."""
+    rng = np.random.default_rng(seed)
+    block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, 3, 4))
+    n_total = z0 + depth + 5
+    volume = np.zeros((1, n_total, 3, 4), np.uint8)
+    volume[:, z0 : z0 + depth] = block
+    plane = z0 + cut
+    value_of = rng.permutation(5).astype(np.uint8) if shuffle_values else np.arange(5, dtype=np.uint8)
+    tables = stats._side_tables(dict(zip(ROLES, value_of.tolist(), strict=True)), stripping_low)
+    location = [(0, 1), (z0, z0 + depth), (0, 3), (0, 4)]
+    old, stats._SUB_SLAB_BYTES = stats._SUB_SLAB_BYTES, sub_slab_bytes
+    try:
+        out = stats._chunk_columns(
+            value_of[block], np.array([plane]), tables, n_total, {0: {"array-location": location}}
+        )
+    finally:
+        stats._SUB_SLAB_BYTES = old
+    counts, faces = _oracle(volume, [int(np.clip(plane, 0, n_total))])
+    counts[:, 0] -= n_total - depth  # the zero padding around the chunk
+    if not stripping_low:  # the oracle names the low side stripping
+        counts = counts[:, [0, 2, 1, 4, 3, 5, 6]]
+    np.testing.assert_array_equal(out[:, 0, :7], counts)
+    low = np.where(np.isnan(faces[:, 0]), 0, faces[:, 0] + 1)
+    high = np.where(np.isnan(faces[:, 1]), 0, n_total - faces[:, 1])
+    np.testing.assert_array_equal(out[:, 0, 7], low)
+    np.testing.assert_array_equal(out[:, 0, 8], high)

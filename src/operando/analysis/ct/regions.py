@@ -168,9 +168,27 @@ def depth_profiles(arr: da.Array, roles: Mapping[str, int], *, client=None) -> t
     """
     rows, cols = sample_blocks(arr.numblocks[2:])
     sub = arr.blocks[:, :, rows][:, :, :, cols]
-    lazy = ((sub == roles["electrode"]).sum(axis=(2, 3)), (sub == roles["deposited"]).sum(axis=(2, 3)))
-    electrode, deposited = client.compute(lazy, sync=True) if client is not None else dask.compute(*lazy)
-    return electrode / (sub.shape[2] * sub.shape[3]), deposited
+    values = np.array([roles["electrode"], roles["deposited"]], np.uint8)
+    # One kernel per chunk, reduced in-plane right away; the (T, N, rows, cols × 2) partials are small.
+    per_chunk = sub.map_blocks(
+        _slice_counts,
+        values,
+        chunks=(*sub.chunks[:2], (1,) * sub.numblocks[2], (2,) * sub.numblocks[3]),
+        dtype=np.int64,
+    )
+    (counts,) = client.compute([per_chunk], sync=True) if client is not None else dask.compute(per_chunk)
+    counts = counts.reshape(*counts.shape[:3], -1, 2).sum(axis=(2, 3))
+    return counts[..., 0] / (sub.shape[2] * sub.shape[3]), counts[..., 1]
+
+
+def _slice_counts(block: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Voxels of each of ``values`` per slice of a chunk (t, n, a, b) → (t, n, 1, 2)."""
+    out = np.empty((*block.shape[:2], 1, len(values)), np.int64)
+    mask = np.empty(block.shape[2:], bool)
+    for index in np.ndindex(*block.shape[:2]):
+        for k, value in enumerate(values):
+            out[(*index, 0, k)] = np.count_nonzero(np.equal(block[index], value, out=mask))
+    return out
 
 
 def split_planes(electrode_fraction: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:

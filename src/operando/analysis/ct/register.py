@@ -23,7 +23,11 @@ Method (following the paper: ITK, 6 parameters, correlation metric, sub-volumes)
     8 corners of every good box as each box maps them (Kabsch,
     :meth:`scipy.spatial.transform.Rotation.align_vectors`): the rotation comes
     from the spread of the boxes' well-determined shifts, not from the weak
-    rotation inside any one box. ``mode="downsampled"`` (:mod:`.coarse`)
+    rotation inside any one box. A rigid motion moves every box alike: where the
+    boxes' own transforms disagree with the fit by more than
+    ``max_disagreement_voxels`` at their centres, structure changed inside some
+    box (pits, Li layers, swelling) and the timestep has failed, however well
+    each box converged. ``mode="downsampled"`` (:mod:`.coarse`)
     registers ``shrink``-fold block means of the whole volumes, then
     (``refine=True``) starts the sub-volume registration from that result.
 """
@@ -68,6 +72,9 @@ class RegistrationOptions:
         Below this final correlation a registration has failed.
     max_angle_deg, max_shift_fraction : float
         Sane bounds: larger rotations, or shifts larger than this fraction of the box, are failures.
+    max_disagreement_voxels : float
+        Largest distance, at a box's centre, between the box's own transform and
+        the one fitted to all boxes; above it the timestep has failed.
     """
 
     shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -79,6 +86,7 @@ class RegistrationOptions:
     min_correlation: float = 0.3
     max_angle_deg: float = 10.0
     max_shift_fraction: float = 0.25
+    max_disagreement_voxels: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ class _Fit:
     metric: float
     iterations: int
     converged: bool
+    disagreement_um: float = 0.0
 
 
 def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
@@ -177,22 +186,36 @@ def _register_box(
     return _Fit(angles, shift, centre, metric, int(method.GetOptimizerIteration()), good)
 
 
-def _combine(fits: Sequence[_Fit], boxes_um: Sequence[np.ndarray], centre: np.ndarray) -> _Fit:
-    """One rigid transform about ``centre`` fitted to the corners each good box maps (Kabsch)."""
+def _combine(
+    fits: Sequence[_Fit], boxes_um: Sequence[np.ndarray], centre: np.ndarray, tolerance_um: float
+) -> _Fit:
+    """One rigid transform about ``centre`` fitted to the corners each good box maps (Kabsch).
+
+    It has failed where fewer than half the boxes (or, of several, fewer than two)
+    converged, or where a good box's own transform moves the box centre more than
+    ``tolerance_um`` away from it.
+    """
     good = [(f, b) for f, b in zip(fits, boxes_um, strict=True) if f.converged]
     metric = float(np.mean([f.metric for f in fits]))
     iterations = max(f.iterations for f in fits)
-    if len(good) < max(1, len(fits) / 2):
+    # One good box of several cannot be checked against the others.
+    if len(good) < max(1, len(fits) / 2, min(2, len(fits))):
         first = fits[0]
-        return _Fit(first.angles_deg, _recentre(first, centre), centre, metric, iterations, False)
+        return _Fit(first.angles_deg, _recentre(first, centre), centre, metric, iterations, False, np.nan)
     src = np.concatenate([b for _, b in good])
-    dst = np.concatenate(
-        [(b - f.centre) @ rotation_matrix(f.angles_deg).T + f.centre + f.translation_um for f, b in good]
-    )
+    dst = np.concatenate([_apply(f, b) for f, b in good])
     rot, _ = Rotation.align_vectors(dst - dst.mean(0), src - src.mean(0))
     matrix = rot.as_matrix()
     shift = dst.mean(0) - centre - matrix @ (src.mean(0) - centre)
-    return _Fit(_angles(matrix), shift, centre, metric, iterations, True)
+    fit = _Fit(_angles(matrix), shift, centre, metric, iterations, True)
+    gaps = [_apply(f, b.mean(0)) - _apply(fit, b.mean(0)) for f, b in good]
+    disagreement = max(float(np.linalg.norm(g)) for g in gaps)
+    return _Fit(fit.angles_deg, shift, centre, metric, iterations, disagreement <= tolerance_um, disagreement)
+
+
+def _apply(fit: _Fit, points_um: np.ndarray) -> np.ndarray:
+    """Where ``fit`` maps reference points (..., 3): ``R (q - c) + c + s``."""
+    return (points_um - fit.centre) @ rotation_matrix(fit.angles_deg).T + fit.centre + fit.translation_um
 
 
 def _corners_um(box: Box, origin: np.ndarray, spacing: float) -> np.ndarray:
@@ -316,8 +339,9 @@ def estimate_transforms(
     -------
     xarray.Dataset
         ``angles_deg`` and ``translation_um`` (time, axis), ``centre_um`` (axis),
-        ``metric`` (SimpleITK's, minus the correlation), ``converged`` and
-        ``iterations`` (time); the reference row is the identity.
+        ``metric`` (SimpleITK's, minus the correlation), ``converged``,
+        ``iterations`` and ``disagreement_voxels`` (time: see
+        :class:`RegistrationOptions`); the reference row is the identity.
     """
     from operando.analysis.ct.coarse import as_initial, coarse_fit  # late: coarse uses _register_box
 
@@ -365,29 +389,38 @@ def estimate_transforms(
             for box in boxes
         ]
         corners = [_corners_um(b, origin, spacing) for b in boxes]
-        rows[t] = dask.delayed(_combine)(fits, corners, centre)
+        rows[t] = dask.delayed(_combine)(fits, corners, centre, opts.max_disagreement_voxels * spacing)
     computed = client.gather(client.compute(rows)) if client is not None else dask.compute(rows)[0]
-    out = _to_dataset(intensity, computed, ref, centre, on_failure)
+    out = _to_dataset(intensity, computed, ref, centre, spacing, on_failure)
     out.attrs["voxel_size_um"] = spacing
     return out
 
 
 def _to_dataset(
-    intensity: xr.DataArray, fits: Mapping[int, _Fit], ref: int, centre: np.ndarray, on_failure: str
+    intensity: xr.DataArray,
+    fits: Mapping[int, _Fit],
+    ref: int,
+    centre: np.ndarray,
+    spacing: float,
+    on_failure: str,
 ) -> xr.Dataset:
     n_time = intensity.sizes["time"]
     angles, shifts = np.zeros((n_time, 3)), np.zeros((n_time, 3))
     metric, iters = np.full(n_time, np.nan), np.zeros(n_time, dtype=np.int64)
-    converged = np.ones(n_time, dtype=bool)
+    converged, disagreement = np.ones(n_time, dtype=bool), np.zeros(n_time)
     for t, fit in fits.items():
         angles[t], shifts[t] = fit.angles_deg, _recentre(fit, centre)
         metric[t], iters[t], converged[t] = fit.metric, fit.iterations, fit.converged
+        disagreement[t] = fit.disagreement_um / spacing
     failed = [t for t in range(n_time) if not converged[t]]
     if failed and on_failure != "report":
+        first = failed[0]
         raise RegistrationError(
-            f"timestep {failed[0]}",
-            f"registration to timestep {ref} did not converge (metric {metric[failed[0]]:.3g}; "
-            f"failed timesteps: {failed})",
+            f"timestep {first}",
+            f"registration to timestep {ref} did not converge (metric {metric[first]:.3g}, "
+            f"sub-volumes disagree by {disagreement[first]:.2f} voxel; failed timesteps: {failed}); "
+            "place the sub-volumes on material that does not change (static_region=, "
+            "--static-region) or use larger ones",
         )
     um = {"units": "µm"}
     return xr.Dataset(
@@ -402,6 +435,11 @@ def _to_dataset(
             "metric": ("time", metric, {"long_name": "final metric (minus the correlation)"}),
             "converged": ("time", converged),
             "iterations": ("time", iters),
+            "disagreement_voxels": (
+                "time",
+                disagreement,
+                {"long_name": "largest distance between a sub-volume's transform and the fit, at its centre"},
+            ),
         },
         coords={"time": intensity["time"].variable, "axis": list(AXES)},
         attrs={"reference_time_index": ref, "convention": "p = R(q - c) + c + s; q reference, p timestep"},
