@@ -36,7 +36,15 @@ from operando.models.labels import SparseLabels
 from operando.models.metrics import SegmentationMetrics
 from operando.models.sampling import PatchSource, Split, split_slices
 
-__all__ = ["TrainingConfig", "TrainingResult", "masked_cross_entropy", "masked_dice_loss", "plot_curve", "save_result", "train"]
+__all__ = [
+    "TrainingConfig",
+    "TrainingResult",
+    "masked_cross_entropy",
+    "masked_dice_loss",
+    "plot_curve",
+    "save_result",
+    "train",
+]
 
 
 @dataclass(frozen=True)
