@@ -95,26 +95,15 @@ def phantom_texture() -> dict[str, float]:
 def register_all(cell: Path, output: Path, *, box: int, client):
     """``register_dataset`` with ``on_failure="report"``, resampling non-converged timesteps too.
 
-    The steps of :func:`operando.analysis.ct.resample.register_dataset`, but with
-    ``apply_failed=True``: whether the estimate converges on a synthetic phantom
-    depends on its texture, and this benchmark times the work, not the accuracy
-    (``bench_register.py``). The transforms (with ``converged``) are returned.
+    Whether the estimate converges on a synthetic phantom depends on its texture,
+    and this benchmark times the work, not the accuracy (``bench_register.py``):
+    ``apply_failed=True``. The transforms (with ``converged``) are returned.
     """
-    import zarr
+    from operando.analysis.ct.resample import register_dataset
 
-    from operando.analysis.ct import resample
-    from operando.io.store import mark_complete, open_dataset, prepare_output
-
-    ds = open_dataset(cell)
-    path = prepare_output(output, inputs=(cell,))
-    transforms = resample.estimate_transforms(ds, sub_volume_size=box, on_failure="report", client=client)
-    resample._write_template(ds, transforms, path)
-    source = zarr.open_array(str(cell / "intensity"), mode="r")
-    out = zarr.open_array(str(path / "intensity"), mode="r+", config={"write_empty_chunks": True})
-    origin = [float(ds[d][0]) for d in resample.AXES]
-    resample.apply_transforms(source, transforms, out, origin_um=origin, apply_failed=True, client=client)
-    mark_complete(path)
-    return transforms
+    return register_dataset(
+        cell, output, sub_volume_size=box, on_failure="report", apply_failed=True, client=client
+    )
 
 
 def _stage(client, voxels: int, fn) -> tuple[dict[str, float], object]:

@@ -24,16 +24,20 @@ step() {  # step NAME COMMAND...: run it, print a header, record its wall time
     echo "  \"$name\": $((SECONDS - start))," >> "$timings"
 }
 
-step "synthesize CT (raw TIFFs + truth)" operando synth ct --format tiff -o "$out/ct_raw"
+# The electrodes carry a static texture (as Li foil does) for registration to lock onto.
+step "synthesize CT (raw TIFFs + truth)" operando synth ct --format tiff --texture-rms 0.1 -o "$out/ct_raw"
 step "ingest CT" operando ingest ct "$out"/ct_raw/t*.tif --voxel-size 1.33 \
     --times "$out/ct_raw/times.txt" -o "$out/cell.zarr" "${cluster[@]}"
-step "register CT timesteps" operando ct register "$out/cell.zarr" -o "$out/ct/registered.zarr" "${cluster[@]}"
+# Registered on the stripping electrode below its deepest pit (z < 8): the only material
+# that does not change; everything above it grows, dissolves or swells.
+step "register CT timesteps" operando ct register "$out/cell.zarr" -o "$out/ct/registered.zarr" \
+    --static-region z=0:8 --sub-volume-size 64 "${cluster[@]}"
 # The reference timestep (the last) shows every class; its labels need no registration.
 step "label a few cross-sections (from the truth)" operando synth labels "$out/ct_raw/truth.zarr" \
     -o "$out/ct/labels" --every 8 --times 5
 step "train the small model" operando train "$out/ct/registered.zarr" \
     --labels "$out/ct/labels/labels_t5.tif" --classes background,electrode,deposited,dendrite,pit \
-    --patch 32 --time-limit "$train_seconds" --device cpu -o "$out/ct/model.safetensors"
+    --patch 32 --context 2 --time-limit "$train_seconds" --device cpu -o "$out/ct/model.safetensors"
 step "segment" operando ct segment "$out/ct/registered.zarr" --model "$out/ct/model.safetensors" \
     -o "$out/ct/segmented.zarr" --device cpu "${cluster[@]}"
 step "CT statistics" operando ct stats "$out/ct/segmented.zarr" -o "$out/ct/stats" \

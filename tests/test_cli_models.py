@@ -163,3 +163,22 @@ def test_corrected_drafts_feed_the_next_training_from_the_previous_weights(model
     prov = read_header(out).provenance["training"]
     assert prov["init"] == str(model[0]) and prov["labels"] == [f"{store}/labels"]
     assert sum(prov["label_voxels"].values()) == int((corrected > 0).sum())
+
+
+def test_context_model_from_the_cli_predicts_across_its_training_axis(cell, tmp_path: Path, capsys):
+    """--context K: the header keeps K and the axis, and predict defaults to that axis."""
+    path, files = cell
+    out = tmp_path / "ctx.safetensors"
+    train = [*("train", str(path), "--labels", str(files[0]), "--labels", str(files[1]), "--labels-time")]
+    train += [*("0,1", "--classes", CLASSES, "-o", str(out), "--patch", "16", "--steps-per-round", "2")]
+    train += [*("--patience", "1", "--time-limit", "20", "--device", "cpu", "--context", "1", "--axis", "y")]
+    assert main(train) == 0, capsys.readouterr().err
+    header = read_header(out)
+    assert (header.context, header.axis) == (1, "y")
+    drafts = tmp_path / "d.zarr"
+    assert main(["predict", str(path), "--model", str(out), "-o", str(drafts), "--quiet", "--jobs", "1"]) == 0
+    attrs = open_dataset(drafts).attrs
+    assert (attrs["axis"], attrs["context"]) == ("y", 1)
+    refused = ["predict", str(path), "--model", str(out), "-o", str(tmp_path / "x.zarr"), "--axis", "x"]
+    assert main([*refused, "--quiet", "--jobs", "1"]) == 2
+    assert "trained with context 1 along 'y'" in capsys.readouterr().err

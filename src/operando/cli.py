@@ -90,6 +90,13 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
             help="zarr: a dataset with the truth in its 'truth' group; tiff: raw beamline-style files to ingest",
         )
         p.add_argument("--overwrite", action="store_true")
+        if kind == "ct":
+            p.add_argument(
+                "--texture-rms",
+                type=float,
+                default=0.0,
+                help="static electrode texture (relative rms, e.g. 0.05) for registration on static material",
+            )
         p.set_defaults(run=_run_synth)
     p = kinds.add_parser(
         "labels",
@@ -167,6 +174,13 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="small", choices=("small", "paper"), help="network size")
     p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="axis of the labelled slices")
     p.add_argument("--3d", dest="three_d", action="store_true", help="3D patches instead of 2D slices")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        metavar="K",
+        help="2D: also feed K neighbouring slices per side along --axis as input channels (2.5D)",
+    )
     p.add_argument("--patch", type=int, help="patch edge in voxels (default 64, 128 for paper)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -192,7 +206,12 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output dataset (.zarr)")
     p.add_argument("--variable", default="intensity", help="image variable (default intensity)")
-    p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="2D models: slices across this axis")
+    p.add_argument(
+        "--axis",
+        default=None,
+        choices=("z", "y", "x"),
+        help="2D models: slices across this axis (default: the model's training axis, else x)",
+    )
     p.add_argument("--patch", type=int, help="patch edge (default: the model's training patch)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--blend", default="mean", choices=("mean", "gaussian"))
@@ -316,6 +335,8 @@ def _run_synth(args: argparse.Namespace) -> None:
         ("xanes", "tiff"): synth.synth_xanes_raw,
     }
     params = {"seed": args.seed} | ({"shape": args.shape} if args.shape else {})
+    if getattr(args, "texture_rms", 0.0):
+        params["texture_rms"] = args.texture_rms
     out = writers[args.kind, args.format](args.output, overwrite=args.overwrite, **params)
     print(f"wrote synthetic {args.kind} ({args.format}) to {out}")
 
@@ -412,6 +433,7 @@ def _run_train(args: argparse.Namespace) -> None:
         classes=args.classes,
         spatial_dims=3 if args.three_d else 2,
         axis="zyx".index(args.axis),
+        context=args.context,
         preset=args.preset,
         patch=args.patch,
         batch_size=args.batch_size,

@@ -21,6 +21,7 @@ from operando.engine.patches import (
 )
 from operando.errors import (
     BlendModeError,
+    ConfigError,
     HaloCoverageError,
     ModelOutputError,
     PatchAxesError,
@@ -263,3 +264,114 @@ def test_block_not_covering_the_halo():
         HaloCoverageError, match=r"block at \(8, 8\) of shape \(8, 8\).*does not cover the halo"
     ):
         predict_region(np.zeros((8, 8), np.float32), (8, 8), region, grid, lambda x: x)
+
+
+# ---------------------------------------------------------------- 2.5D context
+
+
+CONTEXT_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def channel_mix(k: int, weights: dict[int, float]) -> torch.nn.Module:
+    """1×1 conv of the 2k + 1 context channels: output = Σ weights[c] · channel c."""
+    conv = torch.nn.Conv2d(2 * k + 1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c, w in weights.items():
+            conv.weight[0, c] = w
+    return conv.eval()
+
+
+def context_net(k: int, seed: int) -> torch.nn.Module:
+    """Random 3×3 convs over 2k + 1 input channels: patch borders and every neighbour matter."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2 * k + 1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1)
+    ).eval()
+
+
+@st.composite
+def context_cases(draw, ndim_array: int):
+    """(shape, 2D patch axes among the last three, the context axis, patch, overlap, k)."""
+    shape = tuple(draw(st.integers(2, 3)) for _ in range(ndim_array - 3))
+    shape += tuple(draw(st.integers(3, 14)) for _ in range(3))
+    spatial = range(ndim_array - 3, ndim_array)
+    free = draw(st.sampled_from(spatial))
+    axes = tuple(a for a in spatial if a != free)
+    patch = tuple(draw(st.integers(2, shape[a] + 3)) for a in axes)
+    return shape, axes, free, patch, draw(OVERLAPS), draw(st.integers(0, 4))
+
+
+def clamped(array: np.ndarray, axis: int, shift: int) -> np.ndarray:
+    """``array`` at index ``i + shift`` along ``axis`` for every i, clamped to the ends."""
+    n = array.shape[axis]
+    return np.take(array, np.clip(np.arange(n) + shift, 0, n - 1), axis=axis)
+
+
+@CONTEXT_SETTINGS
+@given(st.data(), st.sampled_from([3, 4]), BLENDS)
+def test_context_centre_channel_times_two_stitches_back(data, ndim, blend):
+    shape, axes, _, patch, overlap, k = data.draw(context_cases(ndim))
+    array = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    got = predict_array(
+        array, channel_mix(k, {k: 2.0}), patch=patch, overlap=overlap, axes=axes, context=k, blend=blend
+    )[0]
+    if blend == "mean":
+        np.testing.assert_array_equal(got, 2 * array)
+    else:
+        np.testing.assert_allclose(got, 2 * array, rtol=2e-6, atol=1e-5)
+
+
+@CONTEXT_SETTINGS
+@given(st.data(), st.sampled_from([3, 4]))
+def test_context_channels_are_the_clamped_neighbours(data, ndim):
+    shape, axes, free, patch, overlap, k = data.draw(context_cases(ndim))
+    k = max(k, 1)
+    array = np.random.default_rng(1).integers(0, 256, shape).astype(np.float32)
+    model = channel_mix(k, {0: 1.0, 2 * k: -1.0})
+    got = predict_array(array, model, patch=patch, overlap=overlap, axes=axes, context=k)[0]
+    np.testing.assert_array_equal(got, clamped(array, free, -k) - clamped(array, free, k))
+
+
+@CONTEXT_SETTINGS
+@given(st.data(), st.sampled_from([3, 4]), BLENDS, st.integers(1, 4))
+def test_context_regions_equal_the_whole_array_pass(data, ndim, blend, batch_size):
+    shape, axes, free, patch, overlap, k = data.draw(context_cases(ndim))
+    array = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    grid = PatchGrid.build(shape, patch=patch, overlap=overlap, axes=axes, context=k)
+    assert grid.context_axis == (free if k else None) and grid.channels == 2 * k + 1
+    kw = {"blend": blend, "batch_size": batch_size, "out_channels": 2}
+    whole = predict_region(array, (0,) * len(shape), None, grid, context_net(k, 3), **kw)
+    stitched = stitch(array, grid, context_net(k, 3), data.draw(chunkings(shape)), **kw)
+    np.testing.assert_array_equal(stitched, whole)
+
+
+def test_context_halo_grows_by_k_along_the_context_axis_only():
+    grid = PatchGrid.build((10, 40, 12), patch=(16, 12), overlap=0.5, axes=(1, 2), context=2)
+    read = halo_for(grid, (slice(4, 6), slice(17, 20), slice(0, 12))).read
+    assert read == (slice(2, 8), slice(8, 32), slice(0, 12))
+    edge = halo_for(grid, (slice(0, 1), slice(0, 4), slice(0, 12))).read
+    assert edge[0] == slice(0, 3)  # clamped at the array start
+
+
+def test_context_region_of_one_slice_equals_its_whole_pass():
+    volume = np.random.default_rng(4).standard_normal((7, 20, 18)).astype(np.float32)
+    kw = {"patch": 8, "overlap": 0.5, "axes": (1, 2), "context": 2}
+    whole = predict_array(volume, context_net(2, 5), **kw)
+    one = predict_array(volume, context_net(2, 5), region=(slice(3, 4), slice(None), slice(None)), **kw)
+    np.testing.assert_array_equal(one, whole[:, 3:4])
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [((6, 8, 8), (0, 1, 2)), ((3, 6, 8, 8), (0, 1)), ((8, 8), (0, 1)), ((2, 3, 8, 8, 8), (0, 3))],
+)
+def test_context_without_a_single_context_axis(shape, axes):
+    with pytest.raises(PatchAxesError, match=r"context=1.*no single context axis.*Pass 2D patch axes"):
+        PatchGrid.build(shape, patch=4, axes=axes, context=1)
+
+
+@pytest.mark.parametrize("context", [-1, 1.5, True])
+def test_context_not_a_non_negative_int(context):
+    with pytest.raises(ConfigError, match=r"context=.*not a non-negative int"):
+        PatchGrid.build((4, 8, 8), patch=4, axes=(1, 2), context=context)

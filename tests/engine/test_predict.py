@@ -186,3 +186,48 @@ def test_worker_device_is_the_cpu_without_a_gpu():
     else:
         assert worker_device("auto") == "cpu"
     assert worker_device("cpu") == "cpu"
+
+
+# --------------------------------------------------------------------------- 2.5D context
+
+
+class ContextNet(torch.nn.Module):
+    """Two 3×3 convs over the slice and its k neighbours per side (2k + 1 channels)."""
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(2 * k + 1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize(("chunks", "axes", "k"), [((1, 9, 7, 5), (1, 2), 2), ((2, 3, 11, 4), (2, 3), 1)])
+def test_context_labels_across_chunk_borders_equal_the_whole_array_pass(tmp_path, chunks, axes, k):
+    """Chunks thinner than the context along the context axis: halos reach into neighbour chunks."""
+    torch.manual_seed(k)
+    net = ContextNet(k).eval()
+    recipe = ModelRecipe.from_module(net, kwargs={"k": k})
+    data = np.random.default_rng(5).normal(size=(2, 9, 22, 13)).astype(np.float32)
+    opts = {"patch": 8, "overlap": 0.25, "axes": axes, "context": k, "batch_size": 4}
+    expected = labels_from_logits(predict_array(data, net, **opts))
+    src, out = _arrays(tmp_path, data, chunks)
+    report = predict(src, recipe, out, device="cpu", **opts)
+    assert report.chunks_done == report.chunks_total > 4
+    np.testing.assert_array_equal(out[...], expected)
+    assert len(np.unique(expected)) > 1
+
+
+def test_context_halo_is_k_along_the_context_axis():
+    grid = PatchGrid.build((2, 9, 22, 13), patch=8, axes=(1, 2), context=3)
+    halo = grid_halo(grid, (1, 4, 8, 5))
+    assert halo[0] == 0 and halo[3] == 3
+
+
+def test_context_model_with_one_channel_is_refused_before_running(tmp_path):
+    src, out = _arrays(tmp_path, np.zeros((4, 8, 8), np.float32), (2, 8, 8))
+    with pytest.raises(ModelOutputError, match=r"fails on one \(1, 3, 8, 8\) patch.*Context 1 feeds 3"):
+        predict(src, SmallNet().eval(), out, patch=8, axes=(1, 2), context=1, device="cpu")
+    assert not out.nchunks_initialized

@@ -13,9 +13,11 @@ import torch
 from operando.engine.patches import predict_array
 from operando.errors import ArchitectureError, ConfigError, LabelsError, TrainingDataError
 from operando.io import open_dataset
+from operando.models.drafts import predict_drafts
 from operando.models.labels import SparseLabels, open_label_tiffs
 from operando.models.metrics import SegmentationMetrics
 from operando.models.networks import ResidualUNet
+from operando.models.normalization import Normalized
 from operando.models.sampling import PatchSource, augment, split_slices
 from operando.models.training import (
     TrainingConfig,
@@ -201,6 +203,7 @@ def trained(cell):
     config = TrainingConfig(
         classes=CLASSES,
         axis=2,
+        context=2,
         patch=32,
         steps_per_round=60,
         max_rounds=80,
@@ -215,23 +218,26 @@ def trained(cell):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_small_preset_segments_five_classes_on_held_out_slices(cell, trained):
-    """Measured on 2 CPU cores: mean IoU 0.78-0.90, dendrite 0.15-0.64 (issue 4 asks 0.90; see its notes)."""
+    """Issue 4: mean IoU >= 0.90 on held-out slices, small preset, CPU, under 3 minutes."""
     path, truth, _ = cell
     result, lines = trained
     image = open_dataset(path).intensity.values
     total = SegmentationMetrics(CLASSES, np.zeros((5, 5), np.int64))
     held_out = [x for x in range(64) if x not in LABELLED_X]
     for t in range(2):
-        for x in held_out[::3]:
-            logits = predict_array(result.normalization.apply(image[t, :, :, x]), result.network, patch=32)
-            total = total + SegmentationMetrics.from_arrays(
-                logits.argmax(0), truth[t, :, :, x], classes=CLASSES
-            )
+        # 2D patches of (z, y) cross-sections, each with its 2 neighbours per side along x
+        volume = result.normalization.apply(image[t])
+        labels = predict_array(volume, result.network, patch=32, axes=(0, 1), context=2).argmax(0)
+        total = total + SegmentationMetrics.from_arrays(
+            labels[:, :, held_out], truth[t][:, :, held_out], classes=CLASSES
+        )
     iou = total.iou
-    # Dendrites are ~1000 held-out voxels of 0.01 contrast to deposited Li: their IoU
-    # ranged 0.15-0.64 between runs, too noisy to assert; the other four are stable.
+    print(total.table(), f"{len(lines)} rounds")
+    assert total.mean_iou >= 0.90, total.table()
     assert min(iou["background"], iou["electrode"], iou["pit"]) >= 0.93, total.table()
-    assert iou["deposited"] >= 0.75, total.table()  # the paper: 0.79
+    # the paper: deposited 0.79, dendrite 0.69; dendrites are ~1000 held-out voxels
+    # of 0.01 contrast to deposited Li, so their IoU varies most between runs
+    assert iou["deposited"] >= 0.79 and iou["dendrite"] >= 0.5, total.table()
     assert lines and lines[0].startswith("round 1: loss") and "validation mean IoU" in lines[0]
     assert result.test.accuracy >= 0.95, result.test.table()  # the few test slices of the split
 
@@ -322,3 +328,94 @@ def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
     assert result.network.arguments["spatial_dims"] == 3 and len(result.history) == 2
     # the test split is scored on its labelled slices only: 128 × 64 voxels each
     assert result.test.confusion.sum() == 128 * 64 * len(result.split.test)
+
+
+# --------------------------------------------------------------------------- 2.5D context
+
+
+def test_augmentation_moves_every_context_channel_together_and_may_mirror_them():
+    rng = np.random.default_rng(3)
+    base = rng.random((8, 8)).astype(np.float32)
+    x = np.stack([base + 10 * c for c in range(5)])  # channel c = slice c of a 5-slice stack
+    y = (base > 0.5).astype(np.uint8) + 1
+    orders = set()
+    for _ in range(40):
+        xa, ya = augment(x, y, rng, rotate=True, jitter=0.0)
+        assert xa.shape == (5, 8, 8)
+        steps = np.round(xa - xa[2], 3)  # every channel moved like the centre one
+        assert all(len(np.unique(steps[c])) == 1 for c in range(5))
+        np.testing.assert_array_equal(ya, (xa[2] - 20 > 0.5) + 1)
+        orders.add(tuple(steps[:, 0, 0]))
+    assert orders == {(-20, -10, 0, 10, 20), (20, 10, 0, -10, -20)}  # the stack is mirrored at random
+
+
+def test_context_patches_stack_the_clamped_neighbours_and_label_the_centre():
+    rng = np.random.default_rng(4)
+    vol = rng.random((1, 6, 8, 5)).astype(np.float32)
+    lab = np.zeros((6, 8, 5), np.uint8)
+    lab[:, :, 0] = rng.integers(1, 3, (6, 8))
+    labels = SparseLabels({0: _Memory(lab)}, (6, 8, 5), 2)
+    image = da.from_array(vol, chunks=(1, 3, 4, 2))
+    src = PatchSource(image, labels, axis=2, spatial_dims=2, patch=4, normalize=lambda a: a, context=2)
+    stack, lab2 = src.slice_pair((0, 0))
+    np.testing.assert_array_equal(stack, np.moveaxis(vol[0][:, :, [0, 0, 0, 1, 2]], 2, 0))
+    np.testing.assert_array_equal(lab2, lab[:, :, 0])
+    x, y = src.batch([(0, 0)], np.ones(1), 3, rng, aug=None)
+    assert x.shape == (3, 5, 4, 4) and y.shape == (3, 4, 4) and y.any()
+    img, _, index = src.eval_pair((0, 0))
+    assert index == 2 and img.shape == (5, 6, 8)
+
+
+def test_context_is_refused_for_3d_patches_and_for_a_model_of_another_context(tmp_path: Path):
+    image = da.from_array(np.random.default_rng(0).random((1, 4, 8, 8), dtype=np.float32), chunks=-1)
+    lab = np.ones((4, 8, 8), np.uint8)
+    lab[:, 4:] = 2
+    tifffile.imwrite(tmp_path / "l_t0.tif", lab, photometric="minisblack")
+    labels = open_label_tiffs([tmp_path / "l_t0.tif"], image_shape=image.shape, n_classes=2)
+    with pytest.raises(ConfigError, match=r"--context: 1 with 3D patches.*for 2D patches only"):
+        train(image, labels, TrainingConfig(classes=("a", "b"), spatial_dims=3, context=1, device="cpu"))
+    net = ResidualUNet.preset("small", spatial_dims=2, out_channels=2, in_channels=3)
+    weights = save_model(
+        tmp_path / "m.safetensors",
+        net,
+        classes=("a", "b"),
+        provenance={"training": {"axis": "x", "context": 1}},
+    )
+    with pytest.raises(
+        ArchitectureError, match=r"takes 3 input channel\(s\) but --context 2 makes 5.*--context 1"
+    ):
+        train(
+            image, labels, TrainingConfig(classes=("a", "b"), patch=8, context=2, init=weights, device="cpu")
+        )
+
+
+@pytest.mark.slow
+def test_context_training_runs_and_drafts_use_the_neighbours(cell, tmp_path: Path):
+    path, _, files = cell
+    image = open_dataset(path).intensity.data
+    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
+    cfg = TrainingConfig(
+        classes=CLASSES,
+        axis=2,
+        context=1,
+        patch=16,
+        steps_per_round=2,
+        max_rounds=2,
+        batch_size=2,
+        device="cpu",
+    )
+    result = train(image, labels, cfg)
+    assert result.network.arguments["in_channels"] == 3 and len(result.history) == 2
+    assert result.test.confusion.sum() == 128 * 64 * len(result.split.test)  # the labelled slices only
+    weights, _ = save_result(result, tmp_path / "ctx.safetensors")
+    header = read_header(weights)
+    assert (header.context, header.axis) == (1, "x")
+    drafts = predict_drafts(path, weights, tmp_path / "drafts.zarr", patch=32, device="cpu")
+    got = open_dataset(drafts)
+    assert got.attrs["context"] == 1 and got.attrs["axis"] == "x"
+    model = Normalized(result.network, result.normalization)
+    t0 = open_dataset(path).intensity.values[0]
+    expected = predict_array(t0, model, patch=32, axes=(0, 1), context=1).argmax(0)
+    np.testing.assert_array_equal(got.labels.values[0], expected)
+    with pytest.raises(LabelsError, match="'z', but the model was trained with context 1 along 'x'"):
+        predict_drafts(path, weights, tmp_path / "d2.zarr", axis="z", device="cpu")

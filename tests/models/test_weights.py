@@ -507,3 +507,28 @@ def test_recipe_from_the_file_predicts_what_the_normalized_in_memory_model_predi
     # Without the normalization the labels differ: the recipe really applies it.
     raw = labels_from_logits(predict_array(data.astype(np.float32), net, patch=(16, 12), overlap=0.25))
     assert not np.array_equal(raw, expected)
+
+
+def test_context_model_rebuilds_from_the_file_and_its_header_carries_context_and_axis(tmp_path):
+    networks = pytest.importorskip("operando.models.networks")
+    torch.manual_seed(2)
+    net = networks.ResidualUNet.preset("small", spatial_dims=2, out_channels=3, in_channels=5).eval()
+    prov = {"training": {"axis": "y", "context": 2}}
+    path = save_model(tmp_path / "ctx.safetensors", net, classes=CLASSES, normalization=NORM, provenance=prov)
+    header = read_header(path)
+    assert (header.context, header.axis, header.arguments["in_channels"]) == (2, "y", 5)
+    loaded, _ = load_model(path)
+    x = torch.rand(2, 5, net.divisor, 2 * net.divisor)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    recipe = inference_recipe(path)
+    volume = (4000 * np.random.default_rng(0).random((16, 6, 24))).astype(np.float32)
+    expected = predict_array(volume, Normalized(net, NORM), patch=8, axes=(0, 2), context=2)
+    np.testing.assert_array_equal(
+        predict_array(volume, recipe.build(), patch=8, axes=(0, 2), context=2), expected
+    )
+
+
+def test_header_without_training_record_means_no_context(tmp_path):
+    header = read_header(_saved(tmp_path))
+    assert (header.context, header.axis) == (0, None)

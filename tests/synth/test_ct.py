@@ -1,6 +1,7 @@
 """Synthetic CT of a Li-metal symmetric cell: laziness, determinism, ground truth, writers."""
 
 import time
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -232,3 +233,18 @@ def test_texture_does_not_depend_on_the_chunking():
     data, _ = make_ct(**{**TEXTURED, "noise_sigma": 0.02, "blur_sigma_voxels": 0.8})
     other, _ = make_ct(**{**TEXTURED, "noise_sigma": 0.02, "blur_sigma_voxels": 0.8}, chunks=(1, 13, 20, 17))
     np.testing.assert_array_equal(other.intensity.values, data.intensity.values)
+
+
+def test_cli_texture_option_reaches_the_phantom(tmp_path: Path):
+    from operando.cli import main
+
+    paths = {}
+    for rms in (0.0, 0.1):
+        paths[rms] = tmp_path / f"c{rms}.zarr"
+        args = ["synth", "ct", "--shape", "2,16,24,24", "-o", str(paths[rms])]
+        assert main([*args, "--texture-rms", str(rms)]) == 0
+    flat, textured = (open_dataset(paths[r]) for r in (0.0, 0.1))
+    assert textured.attrs["texture_rms"] == 0.1 and flat.attrs["texture_rms"] == 0.0
+    electrode = open_dataset(paths[0.1], group="truth").labels.values == 1
+    diff = (textured.intensity.values - flat.intensity.values)[electrode]
+    assert diff.std() > 0.01  # ~10 % of the electrode's 0.45

@@ -26,6 +26,13 @@ argmax / softmax): :func:`labels_from_logits`, :func:`probabilities`.
 Patch axes are 2 or 3 axes of the array (``axes``); every other axis is iterated,
 each index independently (e.g. ``axes=(1, 2)`` on a ``(z, y, x)`` volume predicts
 every cross-section on its own with 2D patches).
+
+**2.5D context.** With 2D patches and ``context=k``, the model of slice ``i`` of the
+*context axis* (the spatial axis, among the array's last three, that is not a patch
+axis) gets ``2k + 1`` input channels: slices ``i-k … i+k`` of the patch box, indices
+clamped at the array ends (edge replication); its output is the logits of slice
+``i``. The input box of a region grows by ``k`` along the context axis, and seam
+exactness holds as before: the clamped neighbours are global indices.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 
 from operando.errors import (
     BlendModeError,
+    ConfigError,
     HaloCoverageError,
     ModelOutputError,
     PatchAxesError,
@@ -90,12 +98,18 @@ class PatchGrid:
     axes
         The 2 or 3 patch axes; ``None`` means all axes (a 2D or 3D array). They are
         kept sorted, so patches have the array's axis order.
+    context
+        Neighbouring slices per side along the context axis fed as extra input
+        channels (2D patches only; see the module docstring); 0: none.
 
     Attributes
     ----------
     starts
         Per patch axis, the patch start indices in array coordinates (negative
         when the axis is shorter than the patch and padded before).
+    context_axis
+        The axis whose neighbouring slices are input channels (``None`` without
+        context).
     """
 
     shape: tuple[int, ...]
@@ -103,6 +117,8 @@ class PatchGrid:
     overlap: float
     axes: tuple[int, ...]
     starts: tuple[tuple[int, ...], ...]
+    context: int = 0
+    context_axis: int | None = None
 
     @classmethod
     def build(
@@ -112,6 +128,7 @@ class PatchGrid:
         patch: int | Sequence[int],
         overlap: float = 0.25,
         axes: Sequence[int] | None = None,
+        context: int = 0,
     ) -> PatchGrid:
         """Validate the options and lay out the grid (see the class docstring)."""
         shape = tuple(int(n) for n in shape)
@@ -132,7 +149,10 @@ class PatchGrid:
         axes_s = tuple(norm[i] for i in order)
         patch_s = tuple(int(patches[i]) for i in order)
         starts = tuple(_axis_grid(shape[a], p, overlap)[1] for a, p in zip(axes_s, patch_s, strict=True))
-        return cls(shape, patch_s, float(overlap), axes_s, starts)
+        context = _check_context(context)
+        return cls(
+            shape, patch_s, float(overlap), axes_s, starts, context, _context_axis(shape, axes_s, context)
+        )
 
     @property
     def other_axes(self) -> tuple[int, ...]:
@@ -140,9 +160,46 @@ class PatchGrid:
         return tuple(a for a in range(len(self.shape)) if a not in self.axes)
 
     @property
+    def channels(self) -> int:
+        """Model input channels: ``2 * context + 1``."""
+        return 2 * self.context + 1
+
+    def neighbours(self, i: int) -> np.ndarray:
+        """Indices ``i-k … i+k`` along the context axis, clamped to the array (edge replication)."""
+        n = self.shape[self.context_axis] if self.context else 1
+        return np.clip(np.arange(i - self.context, i + self.context + 1), 0, n - 1)
+
+    @property
     def n_patches(self) -> int:
         """Patches per index of the iterated axes."""
         return math.prod(len(s) for s in self.starts)
+
+
+def _context_axis(shape: tuple[int, ...], axes: tuple[int, ...], context: int) -> int | None:
+    """The spatial axis (among the last three) that is not a patch axis; ``None`` without context."""
+    if not context:
+        return None
+    spatial = range(max(len(shape) - 3, 0), len(shape))
+    free = [a for a in spatial if a not in axes]
+    if len(axes) != 2 or len(free) != 1 or not set(axes) <= set(spatial):
+        raise PatchAxesError(
+            f"axes={axes}, context={context}",
+            f"no single context axis: an array of shape {shape} needs 2 patch axes among "
+            "its last three (the spatial ones), the third being the context axis",
+            remedy="Pass 2D patch axes among the last three axes, e.g. axes=(1, 2) on (time, z, y, x) "
+            "for context along x, or context=0.",
+        )
+    return free[0]
+
+
+def _check_context(context: int) -> int:
+    if not isinstance(context, int | np.integer) or isinstance(context, bool) or context < 0:
+        raise ConfigError(
+            f"context={context!r}",
+            "the context (neighbouring slices per side) is not a non-negative int",
+            remedy="Pass context=0 (single slices) or a small positive int such as 1 or 2.",
+        )
+    return int(context)
 
 
 @dataclass(frozen=True)
@@ -204,6 +261,9 @@ def halo_for(grid: PatchGrid, region: Sequence[slice] | None = None) -> Halo:
         patches.append(range(hit[0], hit[-1] + 1))
         lo, hi = min(r.start, starts[hit[0]]), max(r.stop, starts[hit[-1]] + p)
         read[ax] = slice(max(lo, 0), min(hi, grid.shape[ax]))
+    if grid.context:
+        ax, r = grid.context_axis, region[grid.context_axis]
+        read[ax] = slice(max(r.start - grid.context, 0), min(r.stop + grid.context, grid.shape[ax]))
     return Halo(tuple(patches), tuple(read))
 
 
@@ -256,19 +316,29 @@ def _patch_boxes(grid: PatchGrid, halo: Halo, region: Region) -> list[tuple[tupl
 def _read_patch(
     block: np.ndarray, origin: Sequence[int], grid: PatchGrid, index: tuple[int, ...], starts: Sequence[int]
 ) -> np.ndarray:
-    """One patch (zeros outside the array) from the block; ``index`` holds the other axes' indices."""
+    """One ``(channels, *patch)`` input (zeros outside the array); ``index``: the other axes' indices."""
     src, dst = [0] * block.ndim, [None] * len(grid.axes)
     for ax, i in zip(grid.other_axes, index, strict=True):
         src[ax] = i - origin[ax]
+    ctx = grid.context_axis
+    if ctx is not None:
+        near = grid.neighbours(src[ctx] + origin[ctx]) - origin[ctx]
+        src[ctx] = slice(int(near[0]), int(near[-1]) + 1)
     for j, (ax, a, p) in enumerate(zip(grid.axes, starts, grid.patch, strict=True)):
         lo, hi = max(a, 0), min(a + p, grid.shape[ax])
         src[ax] = slice(lo - origin[ax], hi - origin[ax])
         dst[j] = slice(lo - a, hi - a)
     view = block[tuple(src)]
-    if view.shape == grid.patch:
+    if ctx is None:
+        view = view[None]
+    else:
+        # the context axis is the only one left besides the patch axes: make it the channels
+        pos = sum(a < ctx for a in grid.axes)
+        view = np.moveaxis(np.take(view, near - near[0], axis=pos), pos, 0)
+    if view.shape[1:] == grid.patch:
         return view
-    out = np.zeros(grid.patch, np.float32)
-    out[tuple(dst)] = view
+    out = np.zeros((grid.channels, *grid.patch), np.float32)
+    out[(slice(None), *dst)] = view
     return out
 
 
@@ -276,9 +346,9 @@ def _run(
     model_fn: ModelFn, batch: list[np.ndarray], size: int, grid: PatchGrid, channels: int | None, device
 ):
     """Model logits of a batch, zero-padded to ``size`` patches (every call has one shape)."""
-    x = np.zeros((size, 1, *grid.patch), np.float32)
+    x = np.zeros((size, grid.channels, *grid.patch), np.float32)
     for b, patch in enumerate(batch):
-        x[b, 0] = patch
+        x[b] = patch
     y = model_fn(torch.from_numpy(x).to(device))
     want = f"({size}, {channels if channels is not None else 'C'}, {', '.join(map(str, grid.patch))})"
     if not isinstance(y, torch.Tensor):
@@ -320,8 +390,9 @@ def predict_region(
     grid
         The global patch grid (:meth:`PatchGrid.build`).
     model_fn
-        ``(B, 1, *patch)`` float32 tensor → ``(B, C, *patch)`` logits (e.g. a
-        ``torch.nn.Module`` in eval mode).
+        ``(B, 2k+1, *patch)`` float32 tensor (``k = grid.context``; one channel
+        without context) → ``(B, C, *patch)`` logits (e.g. a ``torch.nn.Module``
+        in eval mode).
     out_channels
         Expected C; checked when given.
     blend
@@ -390,6 +461,8 @@ def predict_array(
     patch: int | Sequence[int],
     overlap: float = 0.25,
     axes: Sequence[int] | None = None,
+    context: int = 0,
+    region: Sequence[slice] | None = None,
     blend: Blend = "mean",
     batch_size: int = 8,
     out_channels: int | None = None,
@@ -397,14 +470,15 @@ def predict_array(
 ) -> np.ndarray:
     """Whole-array sliding-window pass (in memory): ``(C, *array.shape)`` float32 logits.
 
-    The reference every region of :func:`predict_region` equals; see there for the
-    parameters.
+    The reference every region of :func:`predict_region` equals; see there and
+    :class:`PatchGrid` (``context``) for the parameters. ``region`` (one slice per
+    axis) limits the output to that box, e.g. the centre slice of a context slab.
     """
-    grid = PatchGrid.build(array.shape, patch=patch, overlap=overlap, axes=axes)
+    grid = PatchGrid.build(array.shape, patch=patch, overlap=overlap, axes=axes, context=context)
     return predict_region(
         array,
         (0,) * array.ndim,
-        None,
+        region,
         grid,
         model_fn,
         out_channels=out_channels,

@@ -150,6 +150,8 @@ def grid_halo(grid: PatchGrid, unit: Sequence[int]) -> tuple[int, ...]:
             region[ax] = slice(start, min(start + u, n))
             read = halo_for(grid, region).read[ax]
             halo[ax] = max(halo[ax], region[ax].start - read.start, read.stop - region[ax].stop)
+    if grid.context:
+        halo[grid.context_axis] = grid.context
     return tuple(halo)
 
 
@@ -226,6 +228,7 @@ def predict(
     overlap: float = 0.25,
     blend: Blend = "mean",
     axes: Sequence[int] | None = None,
+    context: int = 0,
     batch_size: int = 8,
     device: str = "auto",
     autocast: bool = False,
@@ -240,7 +243,7 @@ def predict(
     source : zarr.Array
         Input of shape ``S``, any real dtype (cast to float32 per patch).
     model : torch.nn.Module or ModelRecipe
-        ``(B, 1, *patch)`` → ``(B, C, *patch)`` logits. A module is turned into a
+        ``(B, 2 * context + 1, *patch)`` → ``(B, C, *patch)`` logits. A module is turned into a
         :class:`ModelRecipe` with its own class as factory, called without
         arguments; pass a recipe (:meth:`ModelRecipe.from_module`) for any other
         factory. Under a distributed client the factory must be importable in
@@ -249,6 +252,10 @@ def predict(
         uint8 output of shape ``S``; every chunk (shard) is owned by one task.
     patch, overlap, blend, axes, batch_size
         As :func:`operando.engine.patches.predict_region`.
+    context : int, keyword-only
+        2D patches only: neighbouring slices per side along the context axis fed
+        as input channels (:class:`~operando.engine.patches.PatchGrid`); the halo
+        along that axis grows by ``context``.
     device : str, keyword-only
         ``"auto"`` (a GPU where the worker has one, else the CPU), ``"cpu"``,
         ``"cuda"``… When the cluster's workers advertise the resource ``GPU``,
@@ -284,12 +291,12 @@ def predict(
             out_labels.name or "labels",
             f"source shape {source.shape} differs from output shape {out_labels.shape}",
         )
-    grid = PatchGrid.build(source.shape, patch=patch, overlap=overlap, axes=axes)
+    grid = PatchGrid.build(source.shape, patch=patch, overlap=overlap, axes=axes, context=context)
     recipe = model if isinstance(model, ModelRecipe) else ModelRecipe.from_module(model)
     _probe(recipe, grid, None if out_probabilities is None else out_probabilities.shape[0])
     outs = [out_labels] if out_probabilities is None else [out_labels, out_probabilities]
     kernel = _labels_kernel if out_probabilities is None else _labels_and_probabilities_kernel
-    key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{blend}:{len(outs)}"
+    key = f"predict:{recipe.digest[:16]}:{grid.patch}:{grid.overlap}:{grid.axes}:{grid.context}:{blend}:{len(outs)}"
     return map_to_zarr(
         kernel,
         source,
@@ -309,15 +316,24 @@ def predict(
 def _probe(recipe: ModelRecipe, grid: PatchGrid, channels: int | None) -> None:
     """One patch through the model on the CPU here: a wrong output fails before any task runs."""
     model = _cached_model(recipe, "cpu")
-    with torch.inference_mode():
-        y = model(torch.zeros((1, 1, *grid.patch)))
+    try:
+        with torch.inference_mode():
+            y = model(torch.zeros((1, grid.channels, *grid.patch)))
+    except RuntimeError as exc:  # torch's own shape errors (e.g. a conv's input channels)
+        raise ModelOutputError(
+            recipe.factory,
+            f"fails on one ({', '.join(map(str, (1, grid.channels, *grid.patch)))}) patch: {exc}",
+            remedy=f"Context {grid.context} feeds {grid.channels} input channel(s); pass the context "
+            "the model was trained with.",
+        ) from None
     want = f"(1, {channels if channels is not None else 'C'}, {', '.join(map(str, grid.patch))})"
     if not isinstance(y, torch.Tensor) or y.ndim != 2 + len(grid.patch) or tuple(y.shape[2:]) != grid.patch:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ModelOutputError(
             recipe.factory,
             f"output {got} for one patch, expected {want}",
-            remedy="The model must map (B, 1, *patch) to (B, C, *patch) logits of the same spatial size.",
+            remedy=f"The model must map (B, {grid.channels}, *patch) to (B, C, *patch) logits of the same "
+            "spatial size (2 * context + 1 input channels).",
         )
     if channels is not None and y.shape[1] != channels:
         raise ModelOutputError(

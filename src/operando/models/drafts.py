@@ -3,18 +3,27 @@
 The second paper's iterative workflow: ``operando predict`` writes drafts that a
 labelling tool (napari) opens; corrected slices, as ``draft + 1`` (0 stays free
 for "unlabelled"), feed the next ``operando train``.
+
+A 2D model trained with context (``operando train --context K``) takes the slice
+and its ``K`` neighbours per side along its training axis as input channels; the
+header records both (:attr:`~operando.models.weights.ModelHeader.context`,
+:attr:`~operando.models.weights.ModelHeader.axis`) and the drafts honour them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 
-from operando.errors import LabelsError
+from operando.errors import ArchitectureError, LabelsError
 from operando.models.labels import AXES
+
+if TYPE_CHECKING:
+    from operando.models.weights import ModelHeader
 
 __all__ = ["MAX_CHUNK_VOXELS", "predict_drafts"]
 
@@ -38,7 +47,7 @@ def predict_drafts(
     output: str | Path,
     *,
     variable: str = "intensity",
-    axis: str = "x",
+    axis: str | None = None,
     patch: int | None = None,
     overlap: float = 0.25,
     blend: str = "mean",
@@ -66,8 +75,10 @@ def predict_drafts(
         Weights file (:func:`operando.models.weights.save_model`).
     output : path
         New zarr dataset.
-    axis : {"z", "y", "x"}, keyword-only
-        2D models run on the slices across this axis; ignored for 3D models.
+    axis : {"z", "y", "x"}, optional, keyword-only
+        2D models run on the slices across this axis (default: the model's
+        training axis, else x); ignored for 3D models. A model with context
+        must run across its training axis.
     patch : int, optional, keyword-only
         Patch edge (default: the model's training patch, else 256 in 2D and 64 in
         3D; rounded to the network's divisor).
@@ -90,8 +101,10 @@ def predict_drafts(
     ds = open_dataset(image)
     if variable not in ds or ds[variable].dims != ("time", "z", "y", "x"):
         raise LabelsError(f"{image}:{variable}", "no variable with dims (time, z, y, x) to predict")
+    axis = axis or header.axis or "x"
     if axis not in AXES:
         raise LabelsError("--axis", f"{axis!r} is not one of z, y, x")
+    _check_context(model, header, axis)
     dims = int(header.arguments.get("spatial_dims", 2))
     divisor = 2 ** (len(header.arguments.get("channels", (1,))) - 1)
     # A patch larger than the training one pads the image far more than training did,
@@ -123,6 +136,7 @@ def predict_drafts(
         "source": f"{image}:{variable}",
         "classes": classes,
         "axis": axis,
+        "context": header.context,
         "patch": edge,
         "modality": ds.attrs.get("modality", "ct"),
         # the statistics need the geometry of the image the labels describe
@@ -139,6 +153,7 @@ def predict_drafts(
         overlap=overlap,
         blend=blend,
         axes=axes,
+        context=header.context,
         batch_size=batch_size,
         device=device,
         out_probabilities=zarr.open_array(str(out / "probabilities"), mode="r+") if probabilities else None,
@@ -147,3 +162,22 @@ def predict_drafts(
     )
     mark_complete(out)
     return out
+
+
+def _check_context(model: str | Path, header: ModelHeader, axis: str) -> None:
+    """A context model's channels must match its context, and it runs across its training axis."""
+    k, channels = header.context, header.arguments.get("in_channels", 1)
+    if k and (channels != 2 * k + 1 or header.arguments.get("spatial_dims", 2) != 2):
+        raise ArchitectureError(
+            model,
+            f"the header records context {k} but the network is {header.arguments.get('spatial_dims')}D "
+            f"with {channels} input channel(s) (a 2D network with {2 * k + 1} expected)",
+            remedy="Retrain the model: its header is inconsistent.",
+        )
+    if k and axis != header.axis:
+        raise LabelsError(
+            "--axis",
+            f"{axis!r}, but the model was trained with context {k} along {header.axis!r}: its input channels "
+            f"are neighbouring slices along {header.axis!r}",
+            remedy=f"Predict with --axis {header.axis} (or leave --axis out).",
+        )

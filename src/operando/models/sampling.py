@@ -5,6 +5,12 @@ Labelled slices along the chosen axis are split into train / validation / test
 within a byte budget) and crops patches; 3D training reads cubes lazily from the
 dask-backed image and keeps only the labels of its own split's slices, so a
 validation slice never leaks into a training cube.
+
+With ``context = k`` (2D only, "2.5D"), an image patch is the stack of the slice
+and its ``k`` neighbours per side along the axis, ``(2k + 1, P, P)``, indices
+clamped at the volume ends as inference does
+(:class:`~operando.engine.patches.PatchGrid`); the labels are the centre slice's.
+The neighbours are image only, so no other split's labels leak in.
 """
 
 from __future__ import annotations
@@ -72,19 +78,25 @@ def augment(
 
     Parameters
     ----------
-    x : ndarray of shape (*P)
-        Normalised image patch.
+    x : ndarray of shape (*P) or (C, *P)
+        Normalised image patch; a leading channel axis (``x.ndim == y.ndim + 1``)
+        holds neighbouring slices: all move together, and their order is reversed
+        at random (a mirror along the slicing axis).
     y : ndarray of shape (*P)
         Its labels; moved with the image, never jittered.
     """
-    for ax in range(x.ndim):
+    lead = x.ndim - y.ndim
+    for ax in range(y.ndim):
         if rng.random() < 0.5:
-            x, y = np.flip(x, ax), np.flip(y, ax)
+            x, y = np.flip(x, lead + ax), np.flip(y, ax)
     if rotate:
-        a, b = rng.choice(x.ndim, size=2, replace=False)
-        if x.shape[a] == x.shape[b]:
+        a, b = rng.choice(y.ndim, size=2, replace=False)
+        if y.shape[a] == y.shape[b]:
             k = int(rng.integers(4))
-            x, y = np.rot90(x, k, axes=(a, b)), np.rot90(y, k, axes=(a, b))
+            x, y = np.rot90(x, k, axes=(lead + a, lead + b)), np.rot90(y, k, axes=(a, b))
+    # only stacks draw here, so single-slice runs keep their random stream
+    if lead and x.shape[0] > 1 and rng.random() < 0.5:
+        x = x[::-1]
     if jitter:
         x = x * rng.uniform(1 - jitter, 1 + jitter) + rng.uniform(-jitter / 2, jitter / 2)
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
@@ -117,6 +129,8 @@ class PatchSource:
         ``ndarray -> float32 ndarray`` applied to every image read.
     cache_bytes : int
         Budget of the 2D slice cache.
+    context : int
+        2D only: neighbouring slices per side stacked as channels (module docstring).
     """
 
     def __init__(
@@ -129,9 +143,11 @@ class PatchSource:
         patch: int,
         normalize,
         cache_bytes: int = 1 << 30,
+        context: int = 0,
     ) -> None:
         self.image, self.labels, self.axis, self.dims = image, labels, axis, spatial_dims
         self.patch, self.normalize, self.cache_bytes = patch, normalize, cache_bytes
+        self.context = context
         self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _slice_box(self, i: int) -> tuple[slice, slice, slice]:
@@ -139,15 +155,23 @@ class PatchSource:
         box[self.axis] = slice(i, i + 1)
         return tuple(box)
 
+    def _stack(self, t: int, i: int) -> np.ndarray:
+        """Normalised slices ``i-k … i+k`` (clamped to the volume), shape (2k + 1, A, B)."""
+        n = self.labels.shape[self.axis]
+        near = np.clip(np.arange(i - self.context, i + self.context + 1), 0, n - 1)
+        box = list(self._slice_box(i))
+        box[self.axis] = slice(int(near[0]), int(near[-1]) + 1)
+        img = self.normalize(np.asarray(self.image[(t, *box)].compute(scheduler="synchronous")))
+        return np.moveaxis(np.take(img, near - near[0], axis=self.axis), self.axis, 0)
+
     def slice_pair(self, key: SliceKey) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image and labels of one slice, each of shape (A, B) (the two other axes)."""
+        """Normalised image stack (2k + 1, A, B) and labels (A, B) of one slice (A, B: the other axes)."""
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         t, i = key
         box = self._slice_box(i)
-        img = self.normalize(np.asarray(self.image[(t, *box)].compute(scheduler="synchronous")))
-        pair = (np.squeeze(img, self.axis), np.squeeze(self.labels.read(t, box), self.axis))
+        pair = (self._stack(t, i), np.squeeze(self.labels.read(t, box), self.axis))
         self._cache[key] = pair
         while (
             sum(a.nbytes + b.nbytes for a, b in self._cache.values()) > self.cache_bytes
@@ -171,7 +195,8 @@ class PatchSource:
         start = [int(c) - self.patch // 2 for c in centre]
         if self.dims == 2:
             size = (self.patch, self.patch)
-            return _crop(img2, start, size, mode="edge"), _crop(lab2, start, size, mode="constant")
+            image = _crop(img2, [0, *start], (len(img2), *size), mode="edge")
+            return image, _crop(lab2, start, size, mode="constant")
         return self.cube(key, start, keep)
 
     def cube(
@@ -206,26 +231,31 @@ class PatchSource:
         *,
         aug: dict | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` patches from slices drawn with probability ``weights``: (n, *P) float32, (n, *P) uint8."""
+        """``n`` patches from slices drawn with probability ``weights``: (n, C, *P) float32, (n, *P) uint8.
+
+        C is ``2 * context + 1`` in 2D, 1 in 3D.
+        """
         keep = set(keys)
         xs, ys = [], []
         for k in rng.choice(len(keys), size=n, p=weights):
             x, y = self.sample(keys[k], keep, rng)
             if aug is not None:
                 x, y = augment(x, y, rng, **aug)
-            xs.append(x)
+            xs.append(x if x.ndim > y.ndim else x[None])
             ys.append(y)
         return np.stack(xs).astype(np.float32), np.stack(ys)
 
     def eval_pair(self, key: SliceKey) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Image, labels and the index of the labelled slice to score.
 
-        2D: the slice, (A, B) each, index None. 3D: a slab of ``patch`` slices
-        around it (labels of that slice only), index of the slice in the slab.
+        2D: the stack (2k + 1, A, B) of the slice and its neighbours, its labels
+        (A, B), index ``k`` (the slice in the stack, axis 0). 3D: a slab of
+        ``patch`` slices around it (labels of that slice only), index of the slice
+        in the slab along ``axis``.
         """
         if self.dims == 2:
             img, lab = self.slice_pair(key)
-            return img, lab, None
+            return img, lab, self.context
         t, i = key
         n = self.labels.shape[self.axis]
         lo = max(0, min(i - self.patch // 2, n - self.patch))

@@ -108,7 +108,9 @@ class ModelHeader:
     normalization : Normalization or None
         Intensity mapping applied to inputs before the network.
     provenance : dict
-        Training data, label counts, epochs, metrics… (JSON-able).
+        Training data, label counts, epochs, metrics… (JSON-able). Inference
+        reads ``provenance["training"]["axis"]`` and ``["context"]``: see
+        :attr:`axis` and :attr:`context`.
     operando_version : str
         Version of operando that wrote the file.
     """
@@ -119,6 +121,22 @@ class ModelHeader:
     normalization: Normalization | None
     provenance: dict = field(default_factory=dict)
     operando_version: str = operando.__version__
+
+    @property
+    def _training(self) -> dict:
+        training = (self.provenance or {}).get("training")
+        return training if isinstance(training, dict) else {}
+
+    @property
+    def axis(self) -> str | None:
+        """The slicing axis of a 2D model's training (``"z"``, ``"y"`` or ``"x"``), if recorded."""
+        axis = self._training.get("axis")
+        return axis if axis in ("z", "y", "x") else None
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices per side along :attr:`axis` that the model takes as channels (0 if absent)."""
+        return int(self._training.get("context") or 0)
 
     def fields(self) -> dict[str, Any]:
         """The header's JSON fields (without format and checksum)."""

@@ -516,7 +516,12 @@ def make_ct(
             dtype=np.float32,
         )
     image = image.map_blocks(_add_noise, _rng.stream_key(seed, _NOISE_STREAM), noise_sigma, dtype=np.float32)
-    attrs = {"synthetic": "operando.synth.ct", "seed": seed, "reference_time_index": t - 1}
+    attrs = {
+        "synthetic": "operando.synth.ct",
+        "seed": seed,
+        "reference_time_index": t - 1,
+        "texture_rms": texture_rms,
+    }
     data = ct_dataset(image, voxel_size_um=voxel_size_um, times_min=times, attrs=attrs)
     return data, _truth(cell, labels(False), data, voxel_size_um)
 

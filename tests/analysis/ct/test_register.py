@@ -10,6 +10,7 @@ import zarr
 
 from operando.analysis.ct.register import (
     RegistrationOptions,
+    _shift_bound,
     estimate_transforms,
     rotation_matrix,
     sub_volume_boxes,
@@ -212,14 +213,19 @@ def test_sub_volumes_can_be_placed_on_static_material(phantom):
 # An evolving cell (pits, Li layers, dendrites, swelling over charge and discharge)
 # whose only static structure is the electrode texture; its low-z electrode below
 # the deepest pit (z = 10 of 64 here) does not change. The slab is thin: shifts of
-# up to 3 voxels are half its 9 voxels, beyond the default sanity bound.
+# up to 3 voxels are a third of its 9 voxels (the sanity bound allows half).
 EVOLVING = {"shape": (3, 64, 96, 96), "seed": 1, "voxel_size_um": VOXEL, "chunks": (1, 32, 48, 48)}
 BELOW_PITS = {
     "static_region": "z=0:9",
     "sub_volume_size": (9, 48, 48),
     "sub_volumes": (1, 2, 2),
-    "options": RegistrationOptions(max_shift_fraction=0.5),
 }
+
+
+def test_shift_bound_lets_a_thin_slab_move_by_up_to_half_its_thickness():
+    opts = RegistrationOptions(max_shift_fraction=0.25)
+    np.testing.assert_array_equal(_shift_bound((96, 96, 96), opts), [24, 24, 24])
+    np.testing.assert_array_equal(_shift_bound((9, 48, 48), opts), [4.5, 12, 12])
 
 
 def _evolving(texture_rms: float):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import dask
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from operando.analysis.ct.register import RegistrationOptions, write_transforms_csv
-from operando.analysis.ct.resample import apply_transforms, register_dataset, voxel_maps
+from operando.analysis.ct.resample import _resample_task, apply_transforms, register_dataset, voxel_maps
 from operando.errors import IncompleteDatasetError, RegistrationError
 from operando.io import open_dataset
 from operando.io.store import COMPLETE_ATTR
@@ -181,3 +183,45 @@ def test_interrupted_output_is_not_complete(registered, tmp_path):
         register_dataset(store, tmp_path / "out.zarr", sub_volume_size=64, sub_volumes=1, options=FAST)
     with pytest.raises(IncompleteDatasetError, match="never marked complete"):
         open_dataset(tmp_path / "out.zarr")
+
+
+@pytest.fixture(scope="module")
+def chunked_store(tmp_path_factory):
+    """A (2, 128, 256, 256) float32 series on disk in 8 MiB chunks, and a transform of timestep 0."""
+    path = tmp_path_factory.mktemp("slabs") / "src.zarr"
+    chunks = (1, 128, 128, 128)
+    src = zarr.create_array(str(path), shape=(2, 128, 256, 256), chunks=chunks, dtype="float32")
+    rng = np.random.default_rng(4)
+    z, y, x = np.ogrid[:128, :128, :128]
+    for t, iy, ix in np.ndindex(2, 2, 2):
+        smooth = np.sin(z / 9.0) + np.cos((y + 128 * iy) / 13.0) * np.sin((x + 128 * ix) / 7.0)
+        block = (smooth + rng.normal(scale=0.05, size=smooth.shape)).astype(np.float32)
+        src[t, :, iy * 128 : (iy + 1) * 128, ix * 128 : (ix + 1) * 128] = block
+    # Shifted towards the next chunks: the first chunk's source box spans four source chunks.
+    tr = transforms_of([(0.6, -0.8, 0.7), (0, 0, 0)], [(2.5, 3.5, 3.0), (0, 0, 0)], (64, 128, 128))
+    affine = [voxel_maps(tr, 1.0, (0, 0, 0))[0], None]
+    return src, affine, chunks
+
+
+def _empty_like(src: zarr.Array) -> zarr.Array:
+    return zarr.create_array({}, shape=src.shape, chunks=src.chunks, dtype=src.dtype, fill_value=np.nan)
+
+
+def test_a_chunk_is_resampled_in_memory_proportional_to_the_chunk(chunked_store):
+    src, affine, chunks = chunked_store
+    region = tuple(slice(0, c) for c in chunks)
+    chunk_bytes = 4 * int(np.prod(chunks))
+    slabbed, whole = _empty_like(src), _empty_like(src)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        _resample_task(src, slabbed, region, affine, 1, np.nan)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The output chunk, one decoded source chunk with its compressed bytes, and a slab:
+    # reading the whole box at once decodes its four source chunks together (measured 14.7x).
+    assert peak < 4.5 * chunk_bytes, peak / chunk_bytes
+    _resample_task(src, whole, region, affine, 1, np.nan, read_bytes=1 << 40)
+    np.testing.assert_array_equal(slabbed[region], whole[region])
+    assert np.isfinite(whole[region]).mean() > 0.9

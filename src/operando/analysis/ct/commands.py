@@ -60,7 +60,12 @@ def _add_segment(steps: argparse._SubParsersAction) -> None:
 
 def _segment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="weights file (.safetensors)")
-    p.add_argument("--axis", default="x", choices=("z", "y", "x"), help="2D models: slices across this axis")
+    p.add_argument(
+        "--axis",
+        default=None,
+        choices=("z", "y", "x"),
+        help="2D models: slices across this axis (default: the model's training axis, else x)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 

@@ -70,7 +70,9 @@ def register(cell: str | Path, output: str | Path, **kwargs: Any) -> xr.Dataset:
 def segment(registered: str | Path, model: str | Path, output: str | Path, **kwargs: Any) -> Path:
     """Labels of the registered series by a trained model (engine ``predict``), CF class names.
 
-    Keywords go to :func:`operando.models.drafts.predict_drafts`.
+    Keywords go to :func:`operando.models.drafts.predict_drafts`; a 2D model trained
+    with context gets its neighbouring slices along its training axis (from its
+    header), and ``axis`` defaults to that axis.
     """
     return predict_drafts(registered, model, output, variable="intensity", **kwargs)
 
@@ -129,7 +131,7 @@ def run_ct(
     out_dir: str | Path,
     *,
     reference: int = -1,
-    axis: str = "x",
+    axis: str | None = None,
     crop: str | None = None,
     plating_side: str = "auto",
     current: CellCurrent | None = None,

@@ -180,10 +180,21 @@ def _register_box(
     metric = float(method.GetMetricValue())
     stalled = "maximum number of iterations" in method.GetOptimizerStopConditionDescription().lower()
     sane = np.abs(angles).max() <= opts.max_angle_deg and np.all(
-        np.abs(shift) <= opts.max_shift_fraction * np.array(fixed.shape) * spacing_um
+        np.abs(shift) <= _shift_bound(fixed.shape, opts) * spacing_um
     )
     good = bool(np.isfinite(metric) and -metric >= opts.min_correlation and sane and not stalled)
     return _Fit(angles, shift, centre, metric, int(method.GetOptimizerIteration()), good)
+
+
+def _shift_bound(shape: Sequence[int], opts: RegistrationOptions) -> np.ndarray:
+    """Largest believable shift per axis, in voxels.
+
+    A fraction of the box's largest edge, but at most half of each edge: a thin
+    static slab (an electrode below its pits) may move by more than a quarter of
+    its thickness and still overlap itself enough to register.
+    """
+    edges = np.array(shape, dtype=np.float64)
+    return np.minimum(opts.max_shift_fraction * edges.max(), 0.5 * edges)
 
 
 def _combine(
