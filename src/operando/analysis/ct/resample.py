@@ -134,6 +134,9 @@ def _coordinates(affine: np.ndarray, axes: Sequence[np.ndarray]) -> np.ndarray:
     return coords
 
 
+_COLLECT_BYTES = 4 << 20
+
+
 def _read_box(source: zarr.Array, t: int, box: Region) -> np.ndarray:
     """``source[t][box]``, decoding one source chunk at a time.
 
@@ -141,6 +144,7 @@ def _read_box(source: zarr.Array, t: int, box: Region) -> np.ndarray:
     chunks would hold four decoded chunks in a worker together.
     """
     out = np.empty([b.stop - b.start for b in box], dtype=source.dtype)
+    chunk_bytes = math.prod(source.chunks[1:]) * source.dtype.itemsize
     per_dim = [
         [slice(max(b.start, k), min(b.stop, k + c)) for k in range(b.start - b.start % c, b.stop, c)]
         for b, c in zip(box, source.chunks[1:], strict=True)
@@ -150,7 +154,9 @@ def _read_box(source: zarr.Array, t: int, box: Region) -> np.ndarray:
         out[local] = source[(t, *piece)]
         # zarr leaves the decoded chunk and its compressed bytes (measured: 137 MiB for an
         # 80 MiB chunk) in reference cycles until a full collection; free them now.
-        gc.collect()
+        # Only for big chunks: a collection costs tens of ms in a large process.
+        if chunk_bytes >= _COLLECT_BYTES:
+            gc.collect()
     return out
 
 
