@@ -40,9 +40,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when it writes, not when it was made.
+
+    Callers that swap ``sys.stderr`` (pytest's capture, notebooks) would otherwise
+    leave later log lines writing to a closed stream.
+    """
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(*, quiet: bool) -> None:
     """operando's own log lines (e.g. a step's final report) on stderr; warnings only with --quiet."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("operando: %(message)s"))
     logger = logging.getLogger("operando")
     logger.handlers[:] = [handler]
