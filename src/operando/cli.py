@@ -8,9 +8,10 @@ and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``operando`` command line; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(quiet=getattr(args, "quiet", False))
-    try:
-        args.run(args)
-    except OperandoError as err:
-        print(f"operando: error: {err}", file=sys.stderr)
-        return 2
+    with _cli_logging(quiet=getattr(args, "quiet", False)):
+        try:
+            args.run(args)
+        except OperandoError as err:
+            print(f"operando: error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -56,14 +57,25 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _configure_logging(*, quiet: bool) -> None:
-    """operando's own log lines (e.g. a step's final report) on stderr; warnings only with --quiet."""
+@contextlib.contextmanager
+def _cli_logging(*, quiet: bool) -> Iterator[None]:
+    """operando's own log lines (e.g. a step's final report) on stderr; warnings only with --quiet.
+
+    The logger is restored afterwards, so ``main`` called from Python (a notebook,
+    a test) leaves no handler behind to print into a later, quiet call.
+    """
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("operando: %(message)s"))
     logger = logging.getLogger("operando")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], level, logger.propagate = saved
+        logger.setLevel(level)
 
 
 def _build_parser() -> argparse.ArgumentParser:
