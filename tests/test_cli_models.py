@@ -118,6 +118,10 @@ def test_predict_defaults_to_the_training_patch(model, cell, tmp_path: Path):
         (["--classes", CLASSES, "--labels-time", "0,1,1"], "3 times for 2 label files"),
         (["--classes", CLASSES], "the time index is missing"),
         (["--classes", CLASSES, "--labels", "."], r"--labels: \. is a folder.*--labels-var"),
+        (
+            ["--classes", CLASSES, "--labels-time", "0,1", "--processes", "0"],
+            r"--processes.*need at least one",
+        ),
     ],
 )
 def test_train_errors_are_one_line_with_exit_2(cell, tmp_path: Path, capsys, extra, message):

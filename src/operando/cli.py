@@ -218,6 +218,12 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
         "--time-limit", type=float, default=3600.0, metavar="S", help="wall-clock limit in seconds"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="data-parallel training processes (default: one per visible GPU, one on the CPU)",
+    )
     p.add_argument("--init", type=Path, help="start from these weights (same classes and architecture)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="no flips, rotations or intensity jitter")
@@ -462,6 +468,7 @@ def _run_train(args: argparse.Namespace) -> None:
         spatial_dims=3 if args.three_d else 2,
         axis="zyx".index(args.axis),
         context=args.context,
+        processes=args.processes,
         preset=args.preset,
         patch=args.patch,
         batch_size=args.batch_size,

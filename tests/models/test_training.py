@@ -203,7 +203,7 @@ def trained(cell):
     config = TrainingConfig(
         classes=CLASSES,
         axis=2,
-        context=2,
+        context=3,
         patch=32,
         steps_per_round=60,
         max_rounds=80,
@@ -225,17 +225,17 @@ def test_small_preset_segments_five_classes_on_held_out_slices(cell, trained):
     total = SegmentationMetrics(CLASSES, np.zeros((5, 5), np.int64))
     held_out = [x for x in range(64) if x not in LABELLED_X]
     for t in range(2):
-        # 2D patches of (z, y) cross-sections, each with its 2 neighbours per side along x
+        # 2D patches of (z, y) cross-sections, each with its 3 neighbours per side along x
         volume = result.normalization.apply(image[t])
-        labels = predict_array(volume, result.network, patch=32, axes=(0, 1), context=2).argmax(0)
+        labels = predict_array(volume, result.network, patch=32, axes=(0, 1), context=3).argmax(0)
         total = total + SegmentationMetrics.from_arrays(
             labels[:, :, held_out], truth[t][:, :, held_out], classes=CLASSES
         )
     iou = total.iou
     print(total.table(), f"{len(lines)} rounds")
-    # Issue 4 asks 0.90: measured 0.927 and 0.897 in two runs of this test (2 CPU cores);
-    # asserted is the level every run so far reached.
-    assert total.mean_iou >= 0.88, total.table()
+    # Issue 4 asks 0.90. Context 3, 80 rounds in 170 s on 2 CPU cores: 0.932-0.933 over two
+    # seeds; at 110 s (a machine 1.5x slower) 45 rounds still gave 0.907 with context 2.
+    assert total.mean_iou >= 0.90, total.table()
     assert min(iou["background"], iou["electrode"], iou["pit"]) >= 0.93, total.table()
     # the paper: deposited 0.79, dendrite 0.69; dendrites are ~1000 held-out voxels
     # of 0.01 contrast to deposited Li, so their IoU varies most between runs
@@ -263,15 +263,16 @@ def test_saved_result_carries_metrics_and_curve_and_init_checks(cell, trained, t
         labels,
         TrainingConfig(
             classes=CLASSES,
-            context=2,
+            context=3,
             patch=32,
             steps_per_round=2,
             max_rounds=1,
+            learning_rate=1e-4,  # Adam's first steps move every weight by ~lr whatever the gradient
             init=weights,
             device="cpu",
         ),
     )
-    # one round of 2 small steps from the trained weights stays close to them
+    # one round of 2 small steps from the trained weights stays close to them (random: ~0.5)
     assert resumed.normalization == result.normalization
     assert resumed.test.accuracy >= result.test.accuracy - 0.05
     with pytest.raises(
@@ -315,6 +316,34 @@ def test_saved_untrained_model_is_loadable_as_init(tmp_path: Path):
     result = train(image, labels, cfg)
     assert len(result.history) == 1 and result.normalization is not None
     assert result.provenance["training"]["init"] == str(weights)
+
+
+def _two_phase(tmp_path: Path) -> tuple[da.Array, SparseLabels]:
+    """A noisy two-class image (left dark, right bright), every z-slice labelled."""
+    rng = np.random.default_rng(0)
+    lab = np.ones((1, 16, 16, 16), np.uint8)
+    lab[..., 8:] = 2
+    image = (0.3 * lab + 0.05 * rng.standard_normal(lab.shape)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "l_t0.tif", lab[0], photometric="minisblack")
+    labels = open_label_tiffs([tmp_path / "l_t0.tif"], image_shape=image.shape, n_classes=2)
+    return da.from_array(image, chunks=(1, 8, 16, 16)), labels
+
+
+@pytest.mark.slow
+def test_data_parallel_processes_train_on_the_cpu_and_return_rank_zeros_best(tmp_path: Path):
+    """Two DistributedDataParallel processes (gloo): the path taken with several GPUs."""
+    image, labels = _two_phase(tmp_path)
+    cfg = TrainingConfig(
+        classes=("a", "b"), axis=0, patch=16, steps_per_round=60, max_rounds=3, processes=2, device="cpu"
+    )
+    result = train(image, labels, cfg)
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert result.provenance["training"]["processes"] == 2
+    best = max(h["val_mean_iou"] for h in result.history)
+    assert result.provenance["training"]["best_validation_mean_iou"] == pytest.approx(best)
+    assert result.test.accuracy >= 0.95, result.test.table()
+    with pytest.raises(ConfigError, match=r"--processes.*0: need at least one training process"):
+        train(image, labels, TrainingConfig(classes=("a", "b"), axis=0, processes=0, device="cpu"))
 
 
 @pytest.mark.slow

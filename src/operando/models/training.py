@@ -15,8 +15,10 @@ GPU under ``DistributedDataParallel`` (rank 0 validates and decides when to stop
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +78,11 @@ class TrainingConfig:
         neighbours per side along ``axis`` as ``2 * context + 1`` input channels
         and predicts the centre slice. Thin tilted structures (dendrites) are
         hard to delimit in one slice; the neighbours show where they go.
+    processes : int, optional
+        Data-parallel training processes (``DistributedDataParallel``), each
+        drawing its own batches. Default: one per visible GPU on CUDA, one on
+        the CPU; more than one on the CPU uses the gloo backend (several
+        sockets, or checking the distributed path without GPUs).
     """
 
     classes: tuple[str, ...]
@@ -100,6 +107,7 @@ class TrainingConfig:
     device: str = "auto"
     init: Path | None = None
     context: int = 0
+    processes: int | None = None
 
 
 @dataclass
@@ -278,6 +286,8 @@ def _prepare(image: da.Array, labels: SparseLabels, config: TrainingConfig):
             "neighbouring slices, for 2D patches only",
             remedy="Pass --context 0, or a small positive value (1, 2) without --3d.",
         )
+    if config.processes is not None and config.processes < 1:
+        raise ConfigError("--processes", f"{config.processes}: need at least one training process")
     counts = labels.slice_counts(config.axis)
     if not counts:
         raise TrainingDataError(
@@ -330,8 +340,9 @@ def train(
     start = time.monotonic()
     device = resolve_device(config.device)
     counts, split, network, normalization, source = _prepare(image, labels, config)
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        state, history = _train_ddp(network, source, split, config)
+    world = config.processes or (torch.cuda.device_count() if device == "cuda" else 1)
+    if world > 1:
+        state, history = _train_ddp(network, source, split, config, device=device, world=world)
         network.load_state_dict(state)
     else:
         history = _fit(network, source, split, config, device=device, progress=progress, start=start)
@@ -350,6 +361,8 @@ def train(
             "split": split.to_dict(),
             "rounds": len(history),
             "steps_per_round": config.steps_per_round,
+            "processes": world,
+            "device": device,
             "seconds": round(elapsed, 1),
             "init": None if config.init is None else str(config.init),
             "best_validation_mean_iou": max((h["val_mean_iou"] for h in history), default=None),
@@ -459,42 +472,75 @@ def _anneal(opt: torch.optim.Optimizer, config: TrainingConfig, rounds_done: flo
         group["lr"] = config.learning_rate * scale
 
 
-def _train_ddp(network: torch.nn.Module, source: PatchSource, split: Split, config: TrainingConfig):
-    """One process per GPU (DistributedDataParallel); returns rank 0's best state and history."""
-    world = torch.cuda.device_count()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "best.pt"
-        torch.multiprocessing.spawn(
-            _ddp_worker, args=(world, network, source, split, config, out), nprocs=world
+def _train_ddp(
+    network: torch.nn.Module,
+    source: PatchSource,
+    split: Split,
+    config: TrainingConfig,
+    *,
+    device: str,
+    world: int,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``world`` processes (DistributedDataParallel); returns rank 0's best state and history.
+
+    Rank 0 writes them as safetensors and JSON (nothing is unpickled on the way back).
+    """
+    from safetensors.torch import load_file
+
+    if device == "cuda" and world > torch.cuda.device_count():
+        raise ConfigError(
+            "--processes",
+            f"{world} processes on CUDA but {torch.cuda.device_count()} GPUs are visible",
+            remedy="Pass at most one process per GPU, or leave --processes out.",
         )
-        saved = torch.load(out, weights_only=True)
-    return saved["state"], saved["history"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        address = ("127.0.0.1", _free_port())
+        torch.multiprocessing.spawn(
+            _ddp_worker, args=(world, address, device, network, source, split, config, out), nprocs=world
+        )
+        state = load_file(out / "best.safetensors")
+        history = json.loads((out / "history.json").read_text())
+    return state, history
 
 
-def _ddp_worker(rank: int, world: int, network, source, split, config, out: Path) -> None:  # pragma: no cover
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    torch.distributed.init_process_group("nccl", rank=rank, world_size=world)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(
+    rank: int, world: int, address: tuple[str, int], device: str, network, source, split, config, out: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    torch.distributed.init_process_group(
+        "nccl" if device == "cuda" else "gloo",
+        init_method=f"tcp://{address[0]}:{address[1]}",
+        rank=rank,
+        world_size=world,
+    )
     try:
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        if device == "cuda":
+            torch.cuda.set_device(rank)
+            device = f"cuda:{rank}"
+        else:  # the processes share the cores instead of each taking all of them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         network = network.to(device)
-        wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=[rank])
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[rank] if device != "cpu" else None
+        )
+        kwargs = {"rank": rank, "world": world, "wrapped": wrapped, "start": time.monotonic()}
         history = _fit(
-            network,
-            source,
-            split,
-            config,
-            device=device,
-            progress=print if rank == 0 else None,
-            start=time.monotonic(),
-            rank=rank,
-            world=world,
-            wrapped=wrapped,
+            network, source, split, config, device=device, progress=print if rank == 0 else None, **kwargs
         )
         if rank == 0:
-            state = {k: v.cpu() for k, v in network.state_dict().items()}
-            torch.save({"state": state, "history": history}, out)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+                out / "best.safetensors",
+            )
+            (out / "history.json").write_text(json.dumps(history))
     finally:
         torch.distributed.destroy_process_group()
 
