@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks
 from operando.engine.progress import compute_with_progress
 from operando.errors import ShapeMismatchError, SharedChunkWriteError
-from operando.io.store import COMPLETE_ATTR
+from operando.io.store import COMPLETE_ATTR, missing_chunks
 
 
 def mean_filter(block, *, region_in_block, block_origin, size=3):
@@ -152,6 +152,17 @@ def test_several_outputs_are_written_by_the_same_tasks(tmp_path):
     again = map_to_zarr(stats_kernel, src, [out, stacked], quiet=True)
     assert (again.chunks_done, again.chunks_reused) == (1, report.chunks_total - 1)
     np.testing.assert_array_equal(stacked[...], np.stack([data, data**2]))
+
+
+def test_chunks_of_only_the_fill_value_are_stored(tmp_path):
+    """An all-background label chunk is written, so the store can be marked complete."""
+    data = np.zeros((8, 8), np.uint8)
+    data[:4, :4] = 3
+    src, out = _arrays(tmp_path / "f.zarr", data, (8, 8), (4, 4), dtype="u1")
+    map_to_zarr(mean_filter, src, out, halo=1, quiet=True)
+    assert out.nchunks_initialized == 4
+    np.testing.assert_array_equal(out[...], ndi.uniform_filter(data, 3, mode="nearest"))
+    assert missing_chunks(tmp_path / "f.zarr") == {}
 
 
 def test_a_further_output_must_extend_the_unit(tmp_path):

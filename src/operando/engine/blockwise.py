@@ -312,6 +312,9 @@ def map_to_zarr(
     started = time.perf_counter()
     source = _open_source(source)
     outs = (out,) if isinstance(out, zarr.Array) else tuple(out)
+    # A chunk of only the fill value (an all-background label chunk) must still be
+    # stored: a store is marked complete only when every chunk is on disk.
+    outs = tuple(o.with_config({"write_empty_chunks": True}) for o in outs)
     _check_outputs(source, outs)
     halo_t = _halo_tuple(halo, outs[0])
     regions = plan_tasks(outs[0], task_shape=task_shape)
