@@ -116,8 +116,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "ct_memory",
         "bench_ct.py",
-        ("--section", "memory", "--size", "256"),
-        ("--section", "memory", "--size", "64", "--t", "2", "--box", "32", *NO_WRITE),
+        ("--section", "memory", "--size", "640", "--worker-memory", "512MiB"),
+        ("--section", "memory", "--size", "128", "--t", "2", "--box", "32", *NO_WRITE),
         ("ct_memory.md",),
     ),
     Benchmark("xanes_methods", "bench_xanes_methods.py", results=("xanes_methods.md",)),

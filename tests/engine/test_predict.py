@@ -7,6 +7,7 @@ import pytest
 import torch
 import zarr
 
+from operando.engine import predict as predict_module
 from operando.engine.patches import PatchGrid, halo_for, labels_from_logits, predict_array, probabilities
 from operando.engine.predict import ModelRecipe, _workers_have_gpus, grid_halo, predict, worker_device
 from operando.errors import DeviceUnavailableError, ModelOutputError
@@ -231,3 +232,26 @@ def test_context_model_with_one_channel_is_refused_before_running(tmp_path):
     with pytest.raises(ModelOutputError, match=r"fails on one \(1, 3, 8, 8\) patch.*Context 1 feeds 3"):
         predict(src, SmallNet().eval(), out, patch=8, axes=(1, 2), context=1, device="cpu")
     assert not out.nchunks_initialized
+
+
+@pytest.mark.parametrize("slab", [1, 100, 10**9])
+def test_chunks_predicted_slab_by_slab_equal_the_whole_array_pass(tmp_path, monkeypatch, slab):
+    """A task predicts its chunk in slabs along a non-patch axis: same labels and probabilities."""
+    monkeypatch.setattr(predict_module, "_SLAB_VOXELS", slab)  # local threads: the kernel sees it
+    torch.manual_seed(2)
+    net = ContextNet(1).eval()
+    data = np.random.default_rng(8).normal(size=(2, 9, 22, 13)).astype(np.float32)
+    opts = {"patch": 8, "overlap": 0.25, "axes": (1, 2), "context": 1, "blend": "gaussian"}
+    logits = predict_array(data, net, **opts)
+    src, out = _arrays(tmp_path, data, (2, 9, 11, 13))
+    probs = zarr.create_array(
+        store=str(tmp_path / "run.zarr" / "probabilities"),
+        shape=(3, *data.shape),
+        chunks=(3, 2, 9, 11, 13),
+        dtype="float16",
+    )
+    predict(
+        src, ModelRecipe.from_module(net, kwargs={"k": 1}), out, out_probabilities=probs, device="cpu", **opts
+    )
+    np.testing.assert_array_equal(out[...], labels_from_logits(logits))
+    np.testing.assert_array_equal(probs[...], probabilities(logits))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,9 @@ from operando.engine.progress import RunReport
 from operando.errors import DeviceUnavailableError, ModelOutputError, ShapeMismatchError
 
 __all__ = ["ModelRecipe", "grid_halo", "import_target", "predict", "resolve_device", "worker_device"]
+
+#: Voxels whose blended logits a task holds at once (80 MiB for 5 classes).
+_SLAB_VOXELS = 2**21
 
 
 # --------------------------------------------------------------------------- model
@@ -181,16 +184,52 @@ def _logits(
 
 
 def _labels_kernel(block: np.ndarray, *, region_in_block, block_origin, **kw: Any) -> np.ndarray:
-    """Kernel: uint8 labels of one output unit."""
-    return labels_from_logits(_logits(block, region_in_block, block_origin, **kw))
+    """Kernel: uint8 labels of one output unit, slab by slab."""
+    out = np.empty([r.stop - r.start for r in region_in_block], np.uint8)
+    for part, within in _slabs(region_in_block, kw["grid"]):
+        out[within] = labels_from_logits(_logits(block, part, block_origin, **kw))
+    return out
 
 
 def _labels_and_probabilities_kernel(
     block: np.ndarray, *, region_in_block, block_origin, **kw: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel: uint8 labels and float16 ``(C, …)`` probabilities of one output unit."""
-    logits = _logits(block, region_in_block, block_origin, **kw)
-    return labels_from_logits(logits), probabilities(logits)
+    """Kernel: uint8 labels and float16 ``(C, …)`` probabilities of one output unit, slab by slab."""
+    labels = np.empty([r.stop - r.start for r in region_in_block], np.uint8)
+    probs = None
+    for part, within in _slabs(region_in_block, kw["grid"]):
+        logits = _logits(block, part, block_origin, **kw)
+        if probs is None:
+            probs = np.empty((logits.shape[0], *labels.shape), np.float16)
+        labels[within] = labels_from_logits(logits)
+        probs[(slice(None), *within)] = probabilities(logits)
+    return labels, probs
+
+
+def _slabs(
+    region: tuple[slice, ...], grid: PatchGrid
+) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """The region in slabs along an axis no patch spans: (slab in the block, slab in the region).
+
+    A task holds the blended logits of what it predicts (classes × 8 bytes per
+    voxel), so an output chunk is predicted at most :data:`_SLAB_VOXELS` at a time:
+    a task's memory then does not grow with the chunk. Patches never cross a
+    non-patch axis, so the slabs add no work.
+    """
+    sizes = [r.stop - r.start for r in region]
+    free = [a for a in grid.other_axes if sizes[a] > 1]
+    if not free or int(np.prod(sizes)) <= _SLAB_VOXELS:
+        yield region, tuple(slice(0, n) for n in sizes)
+        return
+    axis = max(free, key=lambda a: sizes[a])
+    step = max(1, _SLAB_VOXELS * sizes[axis] // int(np.prod(sizes)))
+    for start in range(0, sizes[axis], step):
+        stop = min(start + step, sizes[axis])
+        part = list(region)
+        part[axis] = slice(region[axis].start + start, region[axis].start + stop)
+        within = [slice(0, n) for n in sizes]
+        within[axis] = slice(start, stop)
+        yield tuple(part), tuple(within)
 
 
 def worker_device(device: str) -> str:

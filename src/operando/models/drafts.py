@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_CHUNK_VOXELS", "predict_drafts"]
 
 
-#: Largest label chunk: a task holds chunk × classes × 8 bytes of blended logits.
+#: Largest label chunk: with 3D patches a task holds chunk × classes × 8 bytes of
+#: blended logits (2D patches: a slab of the chunk at a time, see engine.predict).
 MAX_CHUNK_VOXELS = 8 * 1024 * 1024
 
 
