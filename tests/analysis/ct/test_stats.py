@@ -182,6 +182,21 @@ def test_matches_numpy_oracle_for_any_chunking(seed, chunks):
     np.testing.assert_allclose(ds["area_fraction"], (counts > 0).mean(axis=(2, 3)))
 
 
+@pytest.mark.parametrize("budget", [1, 8 * 7 * 5])
+def test_tall_chunk_columns_are_cut_into_groups_with_the_same_result(monkeypatch, budget):
+    """A task holds at most _COLUMN_TASK_BYTES of labels: a column in 4 or 2 groups, merged."""
+    monkeypatch.setattr(stats, "_COLUMN_TASK_BYTES", budget)
+    volume = _layered(np.random.default_rng(4), (2, 16, 7, 5))
+    labels = _as_labels(volume, (1, 4, 7, 5))
+    assert len(stats._z_groups(labels.data)) == (4 if budget == 1 else 2)
+    with dask.config.set(scheduler="sync"):
+        ds = cell_statistics(labels, plating_side="high")
+    planes = [int(np.searchsorted(np.arange(16) * VOXEL, p)) for p in ds.attrs["split_plane_um"]]
+    counts, faces = _oracle(volume, planes)
+    np.testing.assert_array_equal(ds["voxels"], counts.sum(axis=(2, 3)))
+    np.testing.assert_allclose(ds["edge_um"], faces * VOXEL, rtol=1e-6)
+
+
 def test_lazy_and_each_chunk_read_once_by_the_full_pass():
     volume = _layered(np.random.default_rng(1), (2, 16, 12, 12))
     reads: Counter = Counter()
@@ -241,33 +256,39 @@ def test_write_stats(phantom, tmp_path):
     cut=st.integers(-2, 310),
     sub_slab_bytes=st.sampled_from([12, 60, 2**20]),  # 1, 5 or up to 255 slices of 3 × 4
     stripping_low=st.booleans(),
+    layered=st.booleans(),  # runs of equal slices, as layers along the normal: counted once, weighted
 )
 def test_chunk_kernel_matches_numpy(
-    seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, stripping_low
+    seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, stripping_low, layered
 ):
     """The per-chunk kernel (uint8 sub-slab masks, shortcuts) against the numpy oracle, plane anywhere."""
     rng = np.random.default_rng(seed)
     block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, 3, 4))
+    if layered:  # each slice repeated a random number of times, in order
+        block = block[:, np.sort(rng.integers(0, max(1, depth // 4), depth))]
     n_total = z0 + depth + 5
     volume = np.zeros((1, n_total, 3, 4), np.uint8)
     volume[:, z0 : z0 + depth] = block
     plane = z0 + cut
     value_of = rng.permutation(5).astype(np.uint8) if shuffle_values else np.arange(5, dtype=np.uint8)
     tables = stats._side_tables(dict(zip(ROLES, value_of.tolist(), strict=True)), stripping_low)
-    location = [(0, 1), (z0, z0 + depth), (0, 3), (0, 4)]
     old, stats._SUB_SLAB_BYTES = stats._SUB_SLAB_BYTES, sub_slab_bytes
     try:
-        out = stats._chunk_columns(
-            value_of[block], np.array([plane]), tables, n_total, {0: {"array-location": location}}
-        )
+        out = stats._columns_kernel(
+            [value_of[block]],
+            np.array([0]),
+            planes=np.array([plane]),
+            tables=tables,
+            starts=(z0,),
+            n_total=n_total,
+        )[:, None]
     finally:
         stats._SUB_SLAB_BYTES = old
     counts, faces = _oracle(volume, [int(np.clip(plane, 0, n_total))])
-    counts[:, 0] -= n_total - depth  # the zero padding around the chunk
     if not stripping_low:  # the oracle names the low side stripping
         counts = counts[:, [0, 2, 1, 4, 3, 5, 6]]
-    np.testing.assert_array_equal(out[:, 0, :7], counts)
+    np.testing.assert_array_equal(out[:, 0, :6], counts[:, 1:])  # background is the rest of the column
     low = np.where(np.isnan(faces[:, 0]), 0, faces[:, 0] + 1)
     high = np.where(np.isnan(faces[:, 1]), 0, n_total - faces[:, 1])
-    np.testing.assert_array_equal(out[:, 0, 7], low)
-    np.testing.assert_array_equal(out[:, 0, 8], high)
+    np.testing.assert_array_equal(out[:, 0, 6], low)
+    np.testing.assert_array_equal(out[:, 0, 7], high)

@@ -182,12 +182,21 @@ def depth_profiles(arr: da.Array, roles: Mapping[str, int], *, client=None) -> t
 
 
 def _slice_counts(block: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Voxels of each of ``values`` per slice of a chunk (t, n, a, b) → (t, n, 1, 2)."""
+    """Voxels of each of ``values`` per slice of a chunk (t, n, a, b) → (t, n, 1, 2).
+
+    Layers make most slices repeat the one before: each run of equal slices is
+    counted once (one word-wise comparison finds the runs), then repeated.
+    """
     out = np.empty((*block.shape[:2], 1, len(values)), np.int64)
-    mask = np.empty(block.shape[2:], bool)
-    for index in np.ndindex(*block.shape[:2]):
+    for i, volume in enumerate(block):
+        flat = volume.reshape(volume.shape[0], -1)
+        words = flat.view(np.uint64) if flat.flags.c_contiguous and flat.shape[1] % 8 == 0 else flat
+        starts = np.flatnonzero(np.concatenate([[True], (words[1:] != words[:-1]).any(axis=1)]))
+        lengths = np.diff(starts, append=flat.shape[0])
+        mask = np.empty(flat.shape[1], bool)
         for k, value in enumerate(values):
-            out[(*index, 0, k)] = np.count_nonzero(np.equal(block[index], value, out=mask))
+            per_run = [np.count_nonzero(np.equal(flat[s], value, out=mask)) for s in starts]
+            out[i, :, 0, k] = np.repeat(per_run, lengths)
     return out
 
 

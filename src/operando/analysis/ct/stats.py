@@ -1,18 +1,19 @@
 """Statistics of a segmented CT time series, as in the paper: volumes, thicknesses, maps.
 
-One pass over the labels: every chunk is reduced to per-column counts of the
-split classes (:data:`~operando.analysis.ct.regions.SPLIT_CLASSES`) and the
-positions of the two electrode faces, then dask combines the partials along the
-normal in a tree. Everything else (volumes, thickness, area fractions, Pearson
+One pass over the labels: one task per chunk column adds its chunks into
+per-column counts of the split classes (:data:`~operando.analysis.ct.regions.SPLIT_CLASSES`,
+background being the rest of the column) and the positions of the two electrode
+faces. Everything else (volumes, thickness, area fractions, Pearson
 colocalization, edge means) follows from those ``T × 7 × Y × X`` maps, in numpy
 once they are reduced. The split plane is found first by a cheap pass
 (:mod:`~operando.analysis.ct.regions`).
 
-The per-chunk kernel costs about a fifth of the chunk's blosc decompression
-(``benchmarks/results/stats.md``): it skips the label values outside the chunk's
-[min, max] (a uniform chunk needs no scan at all), counts through bool masks
-summed as uint8 in sub-slabs of ~1 MiB, and finds both faces from the same
-masks with one weighted max instead of a slice-by-slice scan.
+The per-chunk kernel (``benchmarks/results/stats.md``) relies on the layers along
+the normal: one word-wise comparison of each slice with the next finds the runs
+of identical slices, and only the first slice of each run is masked and counted,
+weighted by the run's length. It skips the label values outside the runs'
+[min, max], sums bool masks as uint8 in sub-slabs of ~1 MiB, and finds both faces
+from the same masks with one weighted max instead of a slice-by-slice scan.
 
 Thickness of the sides follows the paper's Fig. 3c: the stripping side is the
 stripping electrode plus redeposited Li, the plating side the plating electrode
@@ -43,9 +44,10 @@ from operando.io.store import mark_complete
 __all__ = ["cell_statistics", "write_stats"]
 
 _PACKED = ("electrode", "deposited", "dendrite", "pit")  # counted roles; background is the rest
-_N_OUT = len(SPLIT_CLASSES) + 2  # counts, then the low and the high face
+_N_OUT = len(SPLIT_CLASSES) + 1  # counts but background (the rest), then the low and the high face
 _U8_SLICES = 255  # slices per uint8 partial count
 _SUB_SLAB_BYTES = 2**20  # sub-slab masks stay cache-sized
+_COLUMN_TASK_BYTES = 512 * 2**20  # labels one task holds at once: a chunk column, or part of a tall one
 _SIDE_CLASSES = (("stripping_electrode", "redeposited_li"), ("plating_electrode", "deposited_li"))
 
 
@@ -115,7 +117,7 @@ def cell_statistics(
     if compute:
         # Reduce once, then finish on the small maps in numpy (no per-variable dask overhead).
         (columns,) = client.compute([columns], sync=True) if client is not None else dask.compute(columns)
-    counts, faces = columns[:, : len(SPLIT_CLASSES)], columns[:, len(SPLIT_CLASSES) :]
+    counts, faces = _split_columns(columns, labels.sizes[normal])
     ds = _assemble(labels, counts, faces, normal, voxel, side, colocalize)
     n = labels[normal].values
     ds.attrs.update(
@@ -149,138 +151,220 @@ def _check_pairs(pairs: Sequence[tuple[str, str]]) -> None:
 def _column_partials(
     arr: da.Array, planes: np.ndarray, roles: Mapping[str, int], *, stripping_low: bool
 ) -> da.Array:
-    """Per-column counts and faces (T, 9, A, B) int32: 7 class counts, then the low and high face."""
-    parts = arr.map_blocks(
-        _chunk_columns,
-        planes,
-        _side_tables(roles, stripping_low),
-        arr.shape[1],
-        new_axis=2,
-        chunks=(arr.chunks[0], (1,) * arr.numblocks[1], (_N_OUT,), *arr.chunks[2:]),
-        dtype=np.int32,
-        meta=np.empty((0,) * 5, np.int32),
-    )
-    # One tree reduction for both (sum the counts, max the faces): half the tasks of two.
-    return da.reduction(
-        parts,
-        _keep,
-        _combine_columns,
-        combine=_combine_columns,
-        axis=1,
-        dtype=np.int32,
-        concatenate=True,
-        meta=np.empty((0,) * 4, np.int32),
-    )
+    """Per-column counts and faces (T, 8, A, B): 6 class counts (no background), low and high face.
+
+    One task per chunk column gets the column's chunks as a list (``concatenate=False``:
+    no copy) and adds each into one output: no per-chunk partial maps (fresh memory,
+    page faults) and no reduction tree. A task holds its chunks at once, so a tall
+    column is cut into groups of at most :data:`_COLUMN_TASK_BYTES`, merged after.
+    """
+    dtype = _partial_dtype(arr.shape[1])
+    edges = np.cumsum((0, *arr.chunks[1]))
+    parts = [
+        da.blockwise(
+            _columns_kernel,
+            "tcab",
+            arr[:, edges[a] : edges[b]],
+            "tzab",
+            da.arange(arr.shape[0], chunks=(arr.chunks[0],)),
+            "t",
+            new_axes={"c": _N_OUT},
+            concatenate=False,
+            dtype=dtype,
+            meta=np.empty((0,) * 4, dtype),
+            planes=planes,
+            tables=_side_tables(roles, stripping_low),
+            starts=tuple(int(z) for z in edges[a:b]),
+            n_total=arr.shape[1],
+        )
+        for a, b in _z_groups(arr)
+    ]
+    return parts[0] if len(parts) == 1 else da.map_blocks(_merge_groups, *parts, dtype=dtype)
 
 
-def _keep(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    return x
+def _z_groups(arr: da.Array) -> list[tuple[int, int]]:
+    """Runs of chunk rows along the normal whose chunk column stays within :data:`_COLUMN_TASK_BYTES`."""
+    row_bytes = max(arr.chunks[0]) * max(arr.chunks[2]) * max(arr.chunks[3]) * arr.dtype.itemsize
+    groups, start, height = [], 0, 0
+    for i, n in enumerate(arr.chunks[1]):
+        if height and (height + n) * row_bytes > _COLUMN_TASK_BYTES:
+            groups.append((start, i))
+            start, height = i, 0
+        height += n
+    return [*groups, (start, len(arr.chunks[1]))]
 
 
-def _combine_columns(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    """Partials (t, k, 9, a, b) → (t, 1, 9, a, b), or (t, 9, a, b) without ``keepdims``."""
-    n = len(SPLIT_CLASSES)
-    counts = x[:, :, :n].sum(axis=1, keepdims=True, dtype=np.int32)
-    out = np.concatenate([counts, x[:, :, n:].max(axis=1, keepdims=True)], axis=2)
-    return out if keepdims else out[:, 0]
+def _merge_groups(*parts: np.ndarray) -> np.ndarray:
+    """Partials (t, 8, a, b) of groups of one column: counts add up, each face is the maximum."""
+    out = parts[0].copy()
+    for part in parts[1:]:
+        out[:, :-2] += part[:, :-2]
+        np.maximum(out[:, -2:], part[:, -2:], out=out[:, -2:])
+    return out
+
+
+def _partial_dtype(n_total: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    """uint16 where no column count or face (≤ ``n_total``) can overflow it: half the bytes of int32."""
+    return np.uint16 if n_total <= np.iinfo(np.uint16).max else np.int32
+
+
+def _split_columns(columns, n_total: int):
+    """Reduced partials (T, 8, A, B) → class counts (T, 7, A, B) int32 and faces (T, 2, A, B)."""
+    n = _N_OUT - 2
+    if isinstance(columns, da.Array):
+        counts = columns[:, :n].astype(np.int32)
+        background = n_total - counts.sum(axis=1, keepdims=True, dtype=np.int32)
+        return da.concatenate([background, counts], axis=1), columns[:, n:]
+    counts = np.empty((columns.shape[0], n + 1, *columns.shape[2:]), np.int32)
+    counts[:, 1:] = columns[:, :n]
+    # Background is the rest of the column (one plane less per chunk), subtracted plane by plane:
+    # a reduction over the class axis would stride through the whole array.
+    background = counts[:, 0]
+    background[...] = n_total
+    for c in range(1, n + 1):
+        background -= counts[:, c]
+    return counts, columns[:, n:]
 
 
 def _side_tables(roles: Mapping[str, int], stripping_low: bool) -> dict[str, np.ndarray]:
-    """Look-up tables: label value of each packed role, output class per packed role on each side."""
+    """Look-up tables: label value of each packed role, output plane per packed role on each side."""
     pack = np.array([roles[r] for r in _PACKED], np.uint8)
-    strip_out = [SPLIT_CLASSES.index(c) for c in ("stripping_electrode", "redeposited_li", "dendrite", "pit")]
-    plate_out = [SPLIT_CLASSES.index(c) for c in ("plating_electrode", "deposited_li", "dendrite", "pit")]
-    low, high = (strip_out, plate_out) if stripping_low else (plate_out, strip_out)
+    strip = [SPLIT_CLASSES.index(c) - 1 for c in ("stripping_electrode", "redeposited_li", "dendrite", "pit")]
+    plate = [SPLIT_CLASSES.index(c) - 1 for c in ("plating_electrode", "deposited_li", "dendrite", "pit")]
+    low, high = (strip, plate) if stripping_low else (plate, strip)
     return {"pack": pack, "low": np.array(low), "high": np.array(high)}
 
 
-def _chunk_columns(
-    block: np.ndarray, planes: np.ndarray, tables: dict, n_total: int, block_info: dict | None = None
+def _columns_kernel(
+    blocks: list[np.ndarray],
+    times: np.ndarray,
+    *,
+    planes: np.ndarray,
+    tables: dict,
+    starts: tuple[int, ...],
+    n_total: int,
 ) -> np.ndarray:
-    """One chunk (t, n, a, b) → (t, 1, 9, a, b) int32: 7 column counts, low face + 1, n_total − high face."""
-    (t0, _), (z0, _), *_ = block_info[0]["array-location"]
-    out = np.zeros((block.shape[0], 1, _N_OUT, *block.shape[2:]), np.int32)
-    for i, volume in enumerate(block):
-        cut = int(np.clip(planes[t0 + i] - z0, 0, volume.shape[0]))
-        if cut > 0:
-            _side_columns(volume[:cut], out[i, 0], tables, low=True, first=z0, n_total=n_total)
-        if cut < volume.shape[0]:
-            _side_columns(volume[cut:], out[i, 0], tables, low=False, first=z0 + cut, n_total=n_total)
+    """The chunks (t, n_i, a, b) of one chunk column, starting at ``starts`` → (t, 8, a, b).
+
+    Per column: 6 counts, low face + 1 and n_total − high face (0: none), so that
+    each face is the maximum over the chunks.
+    """
+    out = np.zeros((blocks[0].shape[0], _N_OUT, *blocks[0].shape[2:]), _partial_dtype(n_total))
+    for block, z0 in zip(blocks, starts, strict=True):
+        for i, volume in enumerate(block):
+            cut = int(np.clip(planes[times[i]] - z0, 0, volume.shape[0]))
+            if cut > 0:
+                _side_columns(volume[:cut], out[i], tables, low=True, first=z0, n_total=n_total)
+            if cut < volume.shape[0]:
+                _side_columns(volume[cut:], out[i], tables, low=False, first=z0 + cut, n_total=n_total)
     return out
 
 
 def _side_columns(
     slab: np.ndarray, out: np.ndarray, tables: dict, *, low: bool, first: int, n_total: int
 ) -> None:
-    """Add the column counts of a one-sided slab (n, a, b) to ``out`` (9, a, b) and set its face."""
-    packed, face = _slab_columns(slab, tables["pack"], top=low)
-    out[tables["low" if low else "high"]] += packed
-    out[0] += slab.shape[0] - packed.sum(axis=0, dtype=np.int32)
+    """Add the column counts of a one-sided slab (n, a, b) to ``out`` (8, a, b) and set its face."""
+    face = _slab_columns(slab, tables["pack"], [out[p] for p in tables["low" if low else "high"]], top=low)
+    # Encoded so that the outermost face over the column's chunks is the maximum.
     if low:
-        out[-2] = np.where(face >= 0, face + first + 1, 0)
+        np.maximum(out[-2], np.where(face >= 0, face + first + 1, 0), out=out[-2], casting="unsafe")
     else:
-        out[-1] = np.where(face >= 0, n_total - (face + first), 0)
+        np.maximum(out[-1], np.where(face >= 0, n_total - (face + first), 0), out=out[-1], casting="unsafe")
 
 
-def _slab_columns(slab: np.ndarray, values: np.ndarray, *, top: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Counts (4, a, b) int32 of the packed roles ``values`` along axis 0, and the face index (a, b).
+def _slab_columns(slab: np.ndarray, values: np.ndarray, counts: list[np.ndarray], *, top: bool) -> np.ndarray:
+    """Add the counts of the packed roles ``values`` along axis 0 to ``counts``; the face index (a, b).
 
     The face is the highest (``top``) or lowest slice holding the first or the last
     value of ``values`` (electrode, pit), −1 where a column has none. The slab is
-    read in sub-slabs of about 1 MiB so that the masks stay in cache.
+    read in sub-slabs of about 1 MiB so that the masks stay in cache; within one,
+    runs of identical slices (layers along the normal) are counted once, weighted.
     """
-    counts = np.zeros((len(values), *slab.shape[1:]), np.int32)
     face = np.full(slab.shape[1:], -1, np.int32)
-    lo, hi = int(slab.min()), int(slab.max())
-    if lo == hi:  # uniform slab (bulk electrode, empty gap): nothing to scan
-        counts[values == lo] = slab.shape[0]
-        face[:] = (slab.shape[0] - 1 if top else 0) if lo in (values[0], values[-1]) else -1
-        return counts, face
-    # A value outside [min, max] is absent: most slabs hold two or three classes.
-    present = [i for i, value in enumerate(values) if lo <= value <= hi]
     step = int(np.clip(_SUB_SLAB_BYTES // max(1, slab[0].size), 1, _U8_SLICES))
-    masks = np.empty((2, min(step, slab.shape[0]), *slab.shape[1:]), bool)
+    scratch = np.empty((3, min(step, slab.shape[0]), *slab.shape[1:]), np.uint8)
     acc = np.empty(slab.shape[1:], np.uint8)
     for z in range(0, slab.shape[0], step):
-        part = slab[z : z + step]
-        scratch, faces = masks[:, : part.shape[0]]
-        face_mask = _sub_slab_counts(part, values, present, counts, (scratch, faces), acc, binary=hi == 1)
+        rows, ends = _distinct_rows(slab[z : z + step])
+        masks = scratch[:, : rows.shape[0]]
+        face_mask = _sub_slab_counts(rows, ends, values, counts, masks, acc)
         if face_mask is not None:
-            face = _outermost(face_mask, z, face, scratch, top=top)
-    return counts, face
+            face = _outermost(face_mask, z, ends, face, masks[2], top=top)
+    return face
+
+
+def _distinct_rows(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of ``part`` (k, a, b) that differ from the one before, and where each run of them ends.
+
+    Label columns are piecewise constant along the normal, so a sub-slab of 64
+    slices holds a handful of distinct ones: the masks below then cost a few slices,
+    not 64. One word-wise comparison of each slice with the next finds them.
+
+    Returns
+    -------
+    rows : ndarray (r, a, b)
+        ``part`` itself when most slices differ (no copy), else the first slice of each run.
+    ends : ndarray of uint8 (r,)
+        End (exclusive) of each run within ``part``, so ``ends[-1] == k`` (k ≤ 255).
+    """
+    k = part.shape[0]
+    flat = part.reshape(k, -1)
+    words = _as_words(flat)
+    starts = np.flatnonzero(np.concatenate([[True], (words[1:] != words[:-1]).any(axis=1)]))
+    if 2 * starts.size > k:  # mostly distinct (random labels): a copy would cost more than it saves
+        return part, np.arange(1, k + 1, dtype=np.uint8)
+    return part[starts], np.append(starts[1:], k).astype(np.uint8)
+
+
+def _as_words(flat: np.ndarray) -> np.ndarray:
+    """``flat`` (k, m) uint8 viewed as the widest unsigned words that divide a row (8× fewer compares)."""
+    if flat.flags.c_contiguous:
+        for dtype in (np.uint64, np.uint32, np.uint16):
+            if flat.shape[1] % np.dtype(dtype).itemsize == 0:
+                return flat.view(dtype)
+    return flat
 
 
 def _sub_slab_counts(
-    part: np.ndarray,
+    rows: np.ndarray,
+    ends: np.ndarray,
     values: np.ndarray,
-    present: list[int],
-    counts: np.ndarray,
-    masks: tuple[np.ndarray, np.ndarray],
+    counts: list[np.ndarray],
+    masks: np.ndarray,
     acc: np.ndarray,
-    *,
-    binary: bool,
 ) -> np.ndarray | None:
-    """Add the counts of ``part`` (k, a, b) to ``counts``; its face-class mask, None if none."""
-    scratch, faces = masks
+    """Add the counts of the runs ``rows`` (r, a, b) ending at ``ends`` to ``counts``; the face mask, or None.
+
+    ``masks`` (3, r, a, b) uint8 is scratch: the face mask, a class mask, and the weighted mask.
+    """
+    faces, scratch, weighted = masks
+    lengths = np.diff(ends, prepend=np.uint8(0))[:, None, None]  # run lengths, ≤ 255
+    lo, hi = int(rows.min()), int(rows.max())
     face_mask = None
-    for i in present:
-        if binary and values[i] == 1:  # labels of only 0 and 1 are their own mask
-            target = part.view(bool)
+    # A value outside [min, max] is absent: most sub-slabs hold one to three classes.
+    for i in (i for i, value in enumerate(values) if lo <= value <= hi):
+        if hi == 1 and values[i] == 1:  # labels of only 0 and 1 are their own mask
+            target = rows.view(np.uint8)
         else:
-            target = faces if i == 0 or (i == len(values) - 1 and face_mask is None) else scratch
-            np.equal(part, values[i], out=target)
-        # A bool mask summed as uint8 stays in SIMD lanes; ≤ 255 slices cannot overflow.
-        counts[i] += np.add.reduce(target.view(np.uint8), axis=0, out=acc)
+            is_face = i == 0 or (i == len(values) - 1 and face_mask is None)
+            target = np.equal(rows, values[i], out=(faces if is_face else scratch).view(bool)).view(np.uint8)
+        # Weighted by run length; a sum of ≤ 255 slices cannot overflow uint8 and stays in SIMD lanes.
+        term = target if rows.shape[0] == ends[-1] else np.multiply(target, lengths, out=weighted)
+        counts[i] += np.add.reduce(term, axis=0, out=acc)
         if i in (0, len(values) - 1):
-            face_mask = target if face_mask is None else np.logical_or(face_mask, target, out=faces)
+            face_mask = target if face_mask is None else np.bitwise_or(face_mask, target, out=faces)
     return face_mask
 
 
-def _outermost(faces: np.ndarray, z: int, face: np.ndarray, scratch: np.ndarray, *, top: bool) -> np.ndarray:
-    """Update ``face`` (a, b) with the face slices of the sub-slab ``faces`` (k, a, b) starting at ``z``."""
-    k = faces.shape[0]
-    weights = np.arange(1, k + 1, dtype=np.uint8) if top else np.arange(k, 0, -1, dtype=np.uint8)
-    weighted = np.multiply(faces.view(np.uint8), weights[:, None, None], out=scratch.view(np.uint8))
+def _outermost(
+    faces: np.ndarray, z: int, ends: np.ndarray, face: np.ndarray, scratch: np.ndarray, *, top: bool
+) -> np.ndarray:
+    """Update ``face`` (a, b) with the face runs ``faces`` (r, a, b) of the sub-slab at ``z`` ending at ``ends``."""
+    k = int(ends[-1])
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.uint8)
+    # One weighted max finds the outermost face run: its last slice (top), or its first.
+    weights = ends if top else (k - starts).astype(np.uint8)
+    weighted = np.multiply(faces, weights[:, None, None], out=scratch)
     best = np.maximum.reduce(weighted, axis=0).astype(np.int32)  # 0: no face in this sub-slab
     if top:  # later sub-slabs lie higher
         return np.where(best > 0, z + best - 1, face)
@@ -357,7 +441,7 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     thickness = volume / (float(np.prod(counts.shape[2:])) * voxel**2)
     index = SPLIT_CLASSES.index
     sides = [thickness[:, index(a)] + thickness[:, index(b)] for a, b in _SIDE_CLASSES]
-    tmap = (counts * voxel).astype(np.float32)
+    tmap = _planewise(counts, lambda c: c * voxel)
     xp = da if isinstance(counts, da.Array) else np
     coloc = [_pearson(tmap[:, index(a)], tmap[:, index(b)]) for a, b in pairs]
     return {
@@ -366,10 +450,24 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
         "thickness": thickness,
         "sides": xp.stack(sides, axis=1),
         "tmap": tmap,
-        "density": (counts / n_total).astype(np.float32),
-        "area": (counts > 0).mean(axis=(2, 3)),
+        "density": _planewise(counts, lambda c: c / n_total),
+        "area": xp.count_nonzero(counts, axis=(2, 3)) / float(np.prod(counts.shape[2:])),
         "coloc": xp.stack(coloc, axis=1) if coloc else np.zeros((counts.shape[0], 0)),
     }
+
+
+def _planewise(a, fn):
+    """``fn(a).astype(np.float32)`` for a numpy or dask array ``a`` (..., A, B), one (A, B) plane at a time.
+
+    The float64 temporaries then stay one plane big (and in cache) instead of the size
+    of the whole maps; the values are the same.
+    """
+    if isinstance(a, da.Array):
+        return a.map_blocks(_planewise, fn, dtype=np.float32)
+    out = np.empty(a.shape, np.float32)
+    for index in np.ndindex(a.shape[:-2]):
+        out[index] = fn(a[index])
+    return out
 
 
 def _pearson(a, b):
@@ -393,9 +491,10 @@ def _edges_um(labels, faces, normal, voxel, side):
     n0 = float(labels[normal].values[0])
     n_total = labels.sizes[normal]
     xp = da if isinstance(faces, da.Array) else np
-    low = xp.where(faces[:, 0] > 0, n0 + (faces[:, 0] - 1) * voxel, np.nan)
-    high = xp.where(faces[:, 1] > 0, n0 + (n_total - faces[:, 1]) * voxel, np.nan)
-    return xp.stack([low, high] if side == "high" else [high, low], axis=1).astype(np.float32)
+    # 0 marks no face; (f - 1) may wrap around there (unsigned partials) but is masked.
+    low = _planewise(faces[:, 0], lambda f: np.where(f > 0, n0 + (f - 1) * voxel, np.nan))
+    high = _planewise(faces[:, 1], lambda f: np.where(f > 0, n0 + (n_total - f) * voxel, np.nan))
+    return xp.stack([low, high] if side == "high" else [high, low], axis=1)
 
 
 def write_stats(ds: xr.Dataset, out_dir: str | Path, *, overwrite: bool = False) -> Path:
