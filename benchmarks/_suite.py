@@ -116,7 +116,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "ct_memory",
         "bench_ct.py",
-        ("--section", "memory", "--size", "640", "--worker-memory", "512MiB"),
+        ("--section", "memory", "--size", "800", "--worker-memory", "1GiB"),
         ("--section", "memory", "--size", "128", "--t", "2", "--box", "32", *NO_WRITE),
         ("ct_memory.md",),
     ),

@@ -19,13 +19,12 @@ memory
 Run::
 
     /work/venv/bin/python benchmarks/bench_ct.py --section accuracy
-    /work/venv/bin/python benchmarks/bench_ct.py --section memory --size 640 --worker-memory 512MiB
+    /work/venv/bin/python benchmarks/bench_ct.py --section memory --size 800 --worker-memory 1GiB
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_markdown
+from _rss import run_sampled
 
 HERE = Path(__file__).resolve().parent
 PAPER_IOU = {"electrode": 0.97, "pit": 0.87, "deposited": 0.79, "dendrite": 0.69}
@@ -231,37 +231,12 @@ def memory(args: argparse.Namespace) -> str:
 
 
 def _measured_step(name: str, fn, shape: tuple[int, ...], client, limit: str) -> tuple[str, object]:
-    """Run ``fn`` on freshly restarted workers while a thread samples their RSS: (table row, result)."""
-    import threading
-
-    import psutil
-
-    client.restart()
-    pids = list(client.run(os.getpid).values())
-    procs = [psutil.Process(pid) for pid in pids]
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.2):
-            for proc in procs:
-                try:
-                    peak[0] = max(peak[0], proc.memory_info().rss)
-                except psutil.Error:  # a worker that died: counted below
-                    pass
-
-    thread = threading.Thread(target=sample, daemon=True)
+    """Run ``fn`` on freshly restarted workers, their RSS sampled: (table row, result)."""
     start = time.perf_counter()
-    thread.start()
-    try:
-        result = fn()
-    finally:
-        done.set()
-        thread.join()
+    result, peak, lost = run_sampled(client, fn)
     wall = time.perf_counter() - start
-    lost = sorted(set(pids) - set(client.run(os.getpid).values()))
     rate = np.prod(shape) / wall / 1e6
-    row = f"| {name} | {wall:.1f} s | {rate:.2f} | {peak[0] / 2**20:.0f} MiB | {limit} | {len(lost)} |"
-    return row, result
+    return f"| {name} | {wall:.1f} s | {rate:.2f} | {peak / 2**20:.0f} MiB | {limit} | {lost} |", result
 
 
 def _static_depth(shape: tuple[int, ...], *, seed: int, margin: float = 4.0) -> int:

@@ -50,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, machine_markdown
+from _rss import run_sampled
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.md"
@@ -108,15 +109,12 @@ def register_all(cell: Path, output: Path, *, box: int, client):
 
 
 def _stage(client, voxels: int, fn) -> tuple[dict[str, float], object]:
-    """Run ``fn()`` on freshly restarted workers: (wall time, voxels/s, workers' peak RSS), its result."""
-    from operando.engine.progress import peak_worker_memory
-
-    client.restart()
+    """Run ``fn()`` on freshly restarted workers: (wall time, voxels/s, sampled peak worker RSS, lost), result."""
     start = time.perf_counter()
-    result = fn()
+    result, peak, lost = run_sampled(client, fn)
     wall = time.perf_counter() - start
-    rss = peak_worker_memory(client) / 2**20
-    return {"wall_s": wall, "voxels_per_s": voxels / wall, "peak_worker_rss_mib": rss}, result
+    stats = {"wall_s": wall, "voxels_per_s": voxels / wall, "peak_worker_rss_mib": peak / 2**20}
+    return {**stats, "workers_lost": lost}, result
 
 
 def run_series(shape: tuple[int, ...], args: argparse.Namespace, root: Path, client) -> dict:
@@ -143,7 +141,7 @@ def run_series(shape: tuple[int, ...], args: argparse.Namespace, root: Path, cli
     stages = {
         "register": lambda: register_all(cell, root / "reg.zarr", box=box, client=client),
         "segment": lambda: segment(
-            root / "reg.zarr", weights, root / "seg.zarr", device=args.device, client=client
+            root / "reg.zarr", weights, root / "seg.zarr", device=args.device, patch=args.patch, client=client
         ),
         "stats": lambda: statistics(truth, root / "stats", plating_side="high", client=client),
     }
@@ -210,7 +208,7 @@ def report(runs: list[dict], args: argparse.Namespace, device: str) -> tuple[str
         machine_markdown(),
         "",
         f"LocalCluster of {args.workers} worker processes × 1 thread, {args.worker_memory} each; segment on "
-        f"{device}; registration boxes {args.box}³ (2 per axis), linear resampling; stats on the exact "
+        f"{device}, {args.patch}² patches; chunks of ~{args.target_mib:g} MiB; registration boxes {args.box}³ (2 per axis), linear resampling; stats on the exact "
         f"segmentation; phantom {phantom_texture() or 'without texture'}. Workers restarted before each step (peak RSS per step). Synthesis of each series "
         "(not in the totals): " + ", ".join(f"{r['setup_s']:.0f} s" for r in runs) + ".",
         "",
@@ -242,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--t", type=int, default=4, help="timesteps")
     p.add_argument("--box", type=int, default=64, help="registration sub-volume edge (voxels)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--worker-memory", default="4GiB")
+    p.add_argument("--worker-memory", default="1GiB")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--patch", type=int, default=128, help="segmentation patch edge")
+    p.add_argument("--target-mib", type=float, default=32, help="chunk size of the stores (MiB)")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--workdir", type=Path, help="folder for the series (default: a temporary one)")
     p.add_argument("--json", type=Path, help="also write the numbers here (default: results/scale.json)")
@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         args.voxels, args.fractions, args.box, args.no_write = 4e6, _fractions("1/8,1"), 32, True
     args.device, device = _device(args.device)
     runs = []
+    from operando.config import config
+
     with (
+        config.set({"chunks.target_mib": args.target_mib}),
         LocalCluster(
             n_workers=args.workers, threads_per_worker=1, memory_limit=args.worker_memory, processes=True
         ) as cluster,
