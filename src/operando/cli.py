@@ -213,6 +213,13 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--steps-per-round", type=int, default=50, help="training steps between validations")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="at most N rounds; the learning rate anneals over N rounds or --time-limit, whichever ends first",
+    )
     p.add_argument("--patience", type=int, default=10, help="stop after this many rounds without improvement")
     p.add_argument(
         "--time-limit", type=float, default=3600.0, metavar="S", help="wall-clock limit in seconds"
@@ -474,6 +481,7 @@ def _run_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         steps_per_round=args.steps_per_round,
+        max_rounds=args.rounds,
         patience=args.patience,
         time_limit_s=args.time_limit,
         seed=args.seed,
