@@ -347,22 +347,27 @@ def test_data_parallel_processes_train_on_the_cpu_and_return_rank_zeros_best(tmp
         train(image, labels, TrainingConfig(classes=("a", "b"), axis=0, processes=0, device="cpu"))
 
 
-@pytest.mark.slow
-def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
+def _two_small_rounds(cell, **options):
+    """Two rounds of two small steps on the phantom's sparse x cross-sections: the wiring, not the IoU."""
     path, _, files = cell
     image = open_dataset(path).intensity.data
     labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
     cfg = TrainingConfig(
         classes=CLASSES,
-        spatial_dims=3,
         axis=2,
         patch=16,
         steps_per_round=2,
         max_rounds=2,
         batch_size=2,
         device="cpu",
+        **options,
     )
-    result = train(image, labels, cfg)
+    return train(image, labels, cfg)
+
+
+@pytest.mark.slow
+def test_three_d_patches_train_and_score_only_the_labelled_slices(cell):
+    result = _two_small_rounds(cell, spatial_dims=3)
     assert result.network.arguments["spatial_dims"] == 3 and len(result.history) == 2
     # the test split is scored on its labelled slices only: 128 × 64 voxels each
     assert result.test.confusion.sum() == 128 * 64 * len(result.split.test)
@@ -429,20 +434,8 @@ def test_context_is_refused_for_3d_patches_and_for_a_model_of_another_context(tm
 
 @pytest.mark.slow
 def test_context_training_runs_and_drafts_use_the_neighbours(cell, tmp_path: Path):
-    path, _, files = cell
-    image = open_dataset(path).intensity.data
-    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
-    cfg = TrainingConfig(
-        classes=CLASSES,
-        axis=2,
-        context=1,
-        patch=16,
-        steps_per_round=2,
-        max_rounds=2,
-        batch_size=2,
-        device="cpu",
-    )
-    result = train(image, labels, cfg)
+    path = cell[0]
+    result = _two_small_rounds(cell, context=1)
     assert result.network.arguments["in_channels"] == 3 and len(result.history) == 2
     assert result.test.confusion.sum() == 128 * 64 * len(result.split.test)  # the labelled slices only
     weights, _ = save_result(result, tmp_path / "ctx.safetensors")
