@@ -157,11 +157,12 @@ def _volume_rows(seg: Path, truth, cell_statistics) -> list[str]:
 def memory(args: argparse.Namespace) -> str:
     """register → segment → stats of a (T, N/2, N, N) series on 2 workers of --worker-memory each."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from operando.analysis.ct.pipeline import register, segment, statistics
     from operando.analysis.ct.register import RegistrationOptions
     from operando.config import config
+    from operando.engine.cluster import local_cluster
     from operando.io import open_dataset
     from operando.models.networks import ResidualUNet
     from operando.models.weights import save_model
@@ -178,9 +179,7 @@ def memory(args: argparse.Namespace) -> str:
     ]
     with (
         tempfile.TemporaryDirectory(dir=args.workdir) as tmp,
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, memory_limit=args.worker_memory, processes=True
-        ) as cluster,
+        local_cluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_memory) as cluster,
         Client(cluster) as client,
     ):
         root = Path(tmp)

@@ -182,9 +182,11 @@ class _cluster:
     def __enter__(self):
         if not self.n:
             return None
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        self.cluster = LocalCluster(
+        from operando.engine.cluster import local_cluster
+
+        self.cluster = local_cluster(
             n_workers=self.n, threads_per_worker=1, memory_limit=self.memory, dashboard_address=":0"
         )
         self.client = Client(self.cluster)

@@ -232,7 +232,9 @@ def report(runs: list[dict], args: argparse.Namespace, device: str) -> tuple[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from operando.engine.cluster import local_cluster
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voxels", type=float, default=1e9, help="voxels of the full series (fraction 1)")
@@ -258,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with (
         config.set({"chunks.target_mib": args.target_mib}),
-        LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, memory_limit=args.worker_memory, processes=True
+        local_cluster(
+            n_workers=args.workers, threads_per_worker=1, memory_limit=args.worker_memory
         ) as cluster,
         Client(cluster) as client,
     ):

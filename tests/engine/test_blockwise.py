@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks
+from operando.engine.cluster import local_cluster
 from operando.engine.progress import compute_with_progress
 from operando.errors import ShapeMismatchError, SharedChunkWriteError
 from operando.io.store import COMPLETE_ATTR, missing_chunks
@@ -220,8 +221,8 @@ def test_resources_limit_concurrent_tasks_per_worker(tmp_path):
     distributed = pytest.importorskip("distributed")
     src, out = _arrays(tmp_path / "r.zarr", np.zeros((4, 8)), (4, 8), (1, 8))
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 1}, dashboard_address=":0"
+        local_cluster(
+            n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as c,
     ):

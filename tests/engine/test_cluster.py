@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from operando.engine.cluster import (
     add_cluster_arguments,
     connect,
     jobqueue_kwargs,
+    local_cluster,
     local_sizing,
     spec_from_args,
 )
@@ -56,6 +58,32 @@ def test_local_cluster_computes_with_the_spec_memory_limit(local_client):
     assert len(pids) == 2 and __import__("os").getpid() not in pids
     assert lines[0] == "operando: local cluster: 2 worker processes × 1 threads, 300.00 MiB each"
     assert lines[1].startswith("operando: dask dashboard at http")
+
+
+def _worker_env(client, name: str) -> set[str | None]:
+    return set(client.run(lambda: __import__("os").environ.get(name)).values())
+
+
+def test_local_workers_keep_the_heap_for_torch_sized_allocations(local_client):
+    # distributed's MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold at 128 KiB
+    # (every activation a fresh mmap); operando's workers raise it.
+    _, client, _ = local_client
+    assert _worker_env(client, "MALLOC_MMAP_THRESHOLD_") == {str(64 * MIB)}
+    assert _worker_env(client, "MALLOC_TRIM_THRESHOLD_") == {"65536"}  # distributed's, kept
+
+
+def test_the_users_worker_environment_wins(monkeypatch):
+    from distributed import Client
+
+    # distributed's nanny copies the worker environment into this process's, where it
+    # would win over the config (its own precedence); start from a clean one
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 4096}),
+        local_cluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        assert _worker_env(client, "MALLOC_MMAP_THRESHOLD_") == {"4096"}
 
 
 def test_existing_scheduler_address(local_client):
@@ -109,6 +137,21 @@ def test_jobqueue_memory_limit_reaches_the_job_script():
     command = script.strip().splitlines()[-1]
     # jobqueue's own --memory-limit comes first; the last one wins in dask worker's CLI
     assert command.rsplit("--memory-limit", 1)[1].split()[0] == "1800000000"
+
+
+def test_jobqueue_script_exports_the_worker_environment_after_the_sites_prologue():
+    from dask_jobqueue import SLURMCluster
+
+    with dask.config.set({"jobqueue.slurm.job-script-prologue": ["module load cuda"]}):
+        kwargs = jobqueue_kwargs(ClusterSpec(kind="slurm", cores=1, memory="2GB", dashboard_address=None))
+    assert kwargs["job_script_prologue"] == ["module load cuda", f"export MALLOC_MMAP_THRESHOLD_={64 * MIB}"]
+    with SLURMCluster(**kwargs) as cluster:
+        script = cluster.job_script()
+    assert (
+        script.index("module load cuda")
+        < script.index("export MALLOC_MMAP_THRESHOLD_")
+        < script.index("distributed.cli.dask_worker")
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import torch
 import zarr
 
 from operando.engine import predict as predict_module
+from operando.engine.cluster import local_cluster
 from operando.engine.patches import PatchGrid, halo_for, labels_from_logits, predict_array, probabilities
 from operando.engine.predict import ModelRecipe, _workers_have_gpus, grid_halo, predict, worker_device
 from operando.errors import DeviceUnavailableError, ModelOutputError
@@ -170,8 +171,8 @@ def test_gpu_resource_is_requested_only_where_workers_have_gpus(client, tmp_path
     data = (np.random.default_rng(8).random((12, 12)) > 0.5).astype(np.uint8)
     src, out = _arrays(tmp_path, data, (6, 6))
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 1}, dashboard_address=":0"
+        local_cluster(
+            n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as gpu_client,
     ):

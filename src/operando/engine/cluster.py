@@ -325,9 +325,33 @@ def connect(spec: ClusterSpec | None = None, *, echo: Callable[[str], None] | No
         yield client
 
 
-def _local(spec: ClusterSpec) -> Any:
+#: Environment of every worker process operando starts. distributed sets
+#: ``MALLOC_TRIM_THRESHOLD_``, which also fixes glibc's mmap threshold at 128 KiB:
+#: every torch activation is then a fresh mmap, page-faulted in on each forward.
+#: Measured: a small 2D U-Net's forward pass was 2.4x slower in a worker than in
+#: this process. Tensors below 64 MiB come from the heap instead; the trim
+#: threshold still returns freed memory to the system.
+WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+
+
+def worker_environ() -> dict[str, Any]:
+    """distributed's pre-spawn environment of worker processes, with :data:`WORKER_ENVIRON` added.
+
+    A value the user set in ``distributed.nanny.pre-spawn-environ`` wins.
+    """
+    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    return WORKER_ENVIRON | current
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A :class:`distributed.LocalCluster` of worker processes (keywords as its own) with :func:`worker_environ`."""
     from distributed import LocalCluster
 
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        return LocalCluster(processes=True, **kwargs)
+
+
+def _local(spec: ClusterSpec) -> Any:
     n_workers, threads, memory_limit = local_sizing(spec)
     kwargs: dict[str, Any] = {}
     if spec.gpus_per_job:
@@ -336,11 +360,10 @@ def _local(spec: ClusterSpec) -> Any:
         kwargs["interface"] = spec.interface
     if spec.local_directory:
         kwargs["local_directory"] = spec.local_directory
-    return LocalCluster(
+    return local_cluster(
         n_workers=n_workers,
         threads_per_worker=threads,
         memory_limit=memory_limit,
-        processes=True,
         dashboard_address=spec.dashboard_address,
         **kwargs,
     )
@@ -381,11 +404,18 @@ def jobqueue_kwargs(spec: ClusterSpec) -> dict[str, Any]:
                 )
             directives.append(_GPU_DIRECTIVES[spec.kind](spec.gpus_per_job))
     kwargs["worker_extra_args"] = worker_args
+    kwargs["job_script_prologue"] = _job_prologue(spec.kind)
     if directives:
         kwargs["job_extra_directives"] = directives
     if spec.dashboard_address is not None:
         kwargs["scheduler_options"] = {"dashboard_address": spec.dashboard_address}
     return kwargs
+
+
+def _job_prologue(kind: str) -> list[str]:
+    """The site's job-script prologue, then exports of :data:`WORKER_ENVIRON` (the nanny's child inherits them)."""
+    site = list(dask.config.get(f"jobqueue.{kind}.job-script-prologue", default=None) or [])
+    return site + [f"export {k}={v}" for k, v in WORKER_ENVIRON.items()]
 
 
 def _jobqueue(spec: ClusterSpec) -> Any:

@@ -16,6 +16,7 @@ from operando.analysis.ct.register import (
     sub_volume_boxes,
 )
 from operando.analysis.ct.resample import apply_transforms
+from operando.engine.cluster import local_cluster
 from operando.errors import CropError, ReferenceIndexError, RegistrationError, VoxelSizeError
 from operando.io import open_dataset
 from operando.synth._shapes import rotation_matrix as phantom_rotation
@@ -165,8 +166,8 @@ def client():
     """``distributed.Client`` on a LocalCluster of 2 single-thread worker processes."""
     distributed = pytest.importorskip("distributed")
     with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=":0"
+        local_cluster(
+            n_workers=2, threads_per_worker=1, memory_limit="1GiB", dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
