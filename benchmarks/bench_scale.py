@@ -18,7 +18,7 @@ stats
     ``ct stats`` on the phantom's exact segmentation (written beforehand, not
     timed), as an untrained model's labels have no cell to measure.
 
-The workers are restarted before each step, so the peak worker RSS of a row is
+Each step runs on a fresh cluster, so the peak worker RSS of a row is
 that step's alone. Linearity is the time per voxel relative to the smallest
 series (1.00: linear; below: fixed costs amortized). The projection of the second
 paper's data (25 volumes × 26e9 voxels) divides its voxels by the per-step rates
@@ -108,16 +108,18 @@ def register_all(cell: Path, output: Path, *, box: int, client):
     )
 
 
-def _stage(client, voxels: int, fn) -> tuple[dict[str, float], object]:
-    """Run ``fn()`` on freshly restarted workers: (wall time, voxels/s, sampled peak worker RSS, lost), result."""
-    start = time.perf_counter()
-    result, peak, lost = run_sampled(client, fn)
-    wall = time.perf_counter() - start
-    stats = {"wall_s": wall, "voxels_per_s": voxels / wall, "peak_worker_rss_mib": peak / 2**20}
-    return {**stats, "workers_lost": lost}, result
+def _stage(args: argparse.Namespace, voxels: int, fn) -> tuple[dict[str, float], object]:
+    """Run ``fn(client)`` on a fresh cluster: (wall time, voxels/s, sampled peak worker RSS, lost), result."""
+    step = run_sampled(fn, workers=args.workers, memory_limit=args.worker_memory)
+    stats = {
+        "wall_s": step.wall_s,
+        "voxels_per_s": voxels / step.wall_s,
+        "peak_worker_rss_mib": step.peak_rss / 2**20,
+    }
+    return {**stats, "workers_lost": step.lost}, step.result
 
 
-def run_series(shape: tuple[int, ...], args: argparse.Namespace, root: Path, client) -> dict:
+def run_series(shape: tuple[int, ...], args: argparse.Namespace, root: Path) -> dict:
     """Synthesize one series under ``root`` and time register → segment → stats on it."""
     from operando.analysis.ct.pipeline import segment, statistics
     from operando.models.networks import ResidualUNet
@@ -139,15 +141,15 @@ def run_series(shape: tuple[int, ...], args: argparse.Namespace, root: Path, cli
     weights = save_model(root / "small.safetensors", net, classes=CT_CLASSES)
     box = min(args.box, *shape[1:])
     stages = {
-        "register": lambda: register_all(cell, root / "reg.zarr", box=box, client=client),
-        "segment": lambda: segment(
+        "register": lambda client: register_all(cell, root / "reg.zarr", box=box, client=client),
+        "segment": lambda client: segment(
             root / "reg.zarr", weights, root / "seg.zarr", device=args.device, patch=args.patch, client=client
         ),
-        "stats": lambda: statistics(truth, root / "stats", plating_side="high", client=client),
+        "stats": lambda client: statistics(truth, root / "stats", plating_side="high", client=client),
     }
     timed, results = {}, {}
     for name, fn in stages.items():
-        timed[name], results[name] = _stage(client, voxels, fn)
+        timed[name], results[name] = _stage(args, voxels, fn)
         print(f"  {shape} {name}: {timed[name]['wall_s']:.1f} s", flush=True)
     converged = int(results["register"]["converged"].sum())
     return {"shape": list(shape), "voxels": voxels, "setup_s": setup, "converged": converged, "stages": timed}
@@ -209,7 +211,7 @@ def report(runs: list[dict], args: argparse.Namespace, device: str) -> tuple[str
         "",
         f"LocalCluster of {args.workers} worker processes × 1 thread, {args.worker_memory} each; segment on "
         f"{device}, {args.patch}² patches; chunks of ~{args.target_mib:g} MiB; registration boxes {args.box}³ (2 per axis), linear resampling; stats on the exact "
-        f"segmentation; phantom {phantom_texture() or 'without texture'}. Workers restarted before each step (peak RSS per step). Synthesis of each series "
+        f"segmentation; phantom {phantom_texture() or 'without texture'}. A fresh cluster per step (peak RSS per step). Synthesis of each series "
         "(not in the totals): " + ", ".join(f"{r['setup_s']:.0f} s" for r in runs) + ".",
         "",
         *scaling_table(runs),
@@ -232,10 +234,6 @@ def report(runs: list[dict], args: argparse.Namespace, device: str) -> tuple[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    from distributed import Client
-
-    from operando.engine.cluster import local_cluster
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voxels", type=float, default=1e9, help="voxels of the full series (fraction 1)")
     p.add_argument("--fractions", type=_fractions, default="1/64,1/8,1", help="sizes run, e.g. 1/64,1/8")
@@ -258,19 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     from operando.config import config
 
-    with (
-        config.set({"chunks.target_mib": args.target_mib}),
-        local_cluster(
-            n_workers=args.workers, threads_per_worker=1, memory_limit=args.worker_memory
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with config.set({"chunks.target_mib": args.target_mib}):
         for fraction in args.fractions:
             shape = series_shape(args.voxels * fraction, args.t)
             print(f"series {fraction}: {shape}", flush=True)
             root = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.workdir))
             try:
-                runs.append({"fraction": str(fraction), **run_series(shape, args, root, client)})
+                runs.append({"fraction": str(fraction), **run_series(shape, args, root)})
             finally:
                 shutil.rmtree(root, ignore_errors=True)
     text, proj = report(runs, args, device)
