@@ -11,7 +11,9 @@ from operando.models.drafts import MAX_CHUNK_VOXELS, _label_chunks
 sizes = st.integers(1, 3000)
 
 
-@given(st.tuples(st.integers(1, 5), sizes, sizes, sizes), st.sampled_from([(2, 3), (1, 3), (1, 2), (1, 2, 3)]))
+@given(
+    st.tuples(st.integers(1, 5), sizes, sizes, sizes), st.sampled_from([(2, 3), (1, 3), (1, 2), (1, 2, 3)])
+)
 def test_label_chunks_fit_and_span_the_patch_plane_when_it_fits(shape, axes):
     chunks = _label_chunks(shape, axes)
     assert chunks[0] == 1

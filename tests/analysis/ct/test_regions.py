@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from operando.analysis.ct import regions
 from operando.errors import AxisError, ClassNameError, ConfigError, CropError
@@ -77,7 +79,22 @@ def test_plating_side_auto():
         regions.choose_plating_side(np.zeros((4, 10)), planes)
 
 
-def test_sample_blocks_reads_a_fraction():
-    rows, cols = regions.sample_blocks((9, 4))
-    assert rows == [1, 4, 7] and cols == [1]
-    assert regions.sample_blocks((1, 1)) == ([0], [0])
+@pytest.mark.parametrize(
+    ("grid", "rows", "cols"),
+    [
+        ((9, 4), [2, 6], [2]),  # strides 4 x 4
+        ((1, 32), [0], [8, 24]),  # a grid one chunk high is thinned along x alone
+        ((32, 1), [8, 24], [0]),
+        ((2, 2), [1], [1]),
+        ((1, 1), [0], [0]),
+    ],
+)
+def test_sample_blocks_reads_about_one_column_in_sixteen(grid, rows, cols):
+    assert regions.sample_blocks(grid) == (rows, cols)
+
+
+@given(st.integers(1, 200), st.integers(1, 200))
+def test_sample_blocks_never_reads_much_more_than_its_share(ny, nx):
+    rows, cols = regions.sample_blocks((ny, nx))
+    assert rows and cols and rows[-1] < ny and cols[-1] < nx
+    assert len(rows) * len(cols) <= max(1, 2 * ny * nx / 16 + 2 * (ny + nx) / 4)

@@ -8,13 +8,14 @@ electrode → ``stripping_electrode`` / ``plating_electrode``, deposited Li →
 
 The plane is found from the data, per timestep, by a cheap pass: the electrode
 voxel count per slice along the normal, on a strided subset of in-plane chunk
-columns (about one in nine, see :func:`sample_blocks`). The gap is the longest
+columns (about one in sixteen, see :func:`sample_blocks`). The gap is the longest
 run of slices whose electrode fraction is below one half; the plane is its
 middle. Only the full statistics pass then reads every chunk.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -145,13 +146,19 @@ def resolve_roles(classes: Mapping[int, str], class_names: Mapping[str, str] | N
     return {r: by_name[names[r]] for r in ROLES}
 
 
-def sample_blocks(numblocks: tuple[int, int], stride: int = 3) -> tuple[list[int], list[int]]:
-    """In-plane chunk indices of the cheap pass: every ``stride``-th, starting mid-stride.
+def sample_blocks(numblocks: tuple[int, int], share: int = 16) -> tuple[list[int], list[int]]:
+    """In-plane chunk indices of the cheap pass: about one chunk column in ``share``, spread out.
 
-    About ``1 / stride²`` of the chunk columns (all of them below ``stride``
-    chunks per axis would be ``1 / n`` per axis; one at least).
+    Every ``sy``-th row and ``sx``-th column of the chunk grid, starting mid-stride,
+    with ``sy · sx ≥ share`` where the grid allows: a grid one chunk wide along an
+    axis (label chunks that span a whole patch plane) is thinned along the other
+    one alone. One column at least.
     """
-    return tuple(list(range(min(stride, n) // 2, n, min(stride, n))) for n in numblocks)
+    ny, nx = numblocks
+    sy = min(ny, math.ceil(math.sqrt(share)))
+    sx = min(nx, math.ceil(share / sy))
+    sy = min(ny, max(sy, math.ceil(share / sx)))
+    return list(range(sy // 2, ny, sy)), list(range(sx // 2, nx, sx))
 
 
 def depth_profiles(arr: da.Array, roles: Mapping[str, int], *, client=None) -> tuple[np.ndarray, np.ndarray]:
