@@ -12,7 +12,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks
+from operando.engine.blockwise import check_write_plan, map_to_zarr, plan_tasks, read_region
 from operando.engine.cluster import local_cluster
 from operando.engine.progress import compute_with_progress
 from operando.errors import ShapeMismatchError, SharedChunkWriteError
@@ -247,3 +247,30 @@ def test_compute_with_progress_counts_chunk_writes(tmp_path, capsys, client, dis
         capsys.readouterr().err.rstrip().endswith("w [##############################] 6/6 chunks (0 reused)")
     )
     np.testing.assert_array_equal(target[...], data)
+
+
+@st.composite
+def _regions(draw):
+    shape = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
+    chunks = [draw(st.integers(1, n)) for n in shape]
+    region = []
+    for n in shape:
+        if draw(st.booleans()):
+            region.append(draw(st.integers(0, n - 1)))
+        else:
+            a = draw(st.integers(0, n))
+            region.append(slice(a, draw(st.integers(a, n))))
+    return tuple(shape), tuple(chunks), tuple(region)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_regions())
+def test_read_region_equals_zarrs_own_selection(case):
+    shape, chunks, region = case
+    data = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = zarr.create_array(f"{tmp}/a", shape=shape, chunks=chunks, dtype=np.int32)
+        source[...] = data
+        got = read_region(source, region)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, data[region])

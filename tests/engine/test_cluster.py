@@ -68,7 +68,7 @@ def test_local_workers_keep_the_heap_for_torch_sized_allocations(local_client):
     # distributed's MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold at 128 KiB
     # (every activation a fresh mmap); operando's workers raise it.
     _, client, _ = local_client
-    assert _worker_env(client, "MALLOC_MMAP_THRESHOLD_") == {str(64 * MIB)}
+    assert _worker_env(client, "MALLOC_MMAP_THRESHOLD_") == {str(24 * MIB)}
     assert _worker_env(client, "MALLOC_TRIM_THRESHOLD_") == {"65536"}  # distributed's, kept
 
 
@@ -144,7 +144,7 @@ def test_jobqueue_script_exports_the_worker_environment_after_the_sites_prologue
 
     with dask.config.set({"jobqueue.slurm.job-script-prologue": ["module load cuda"]}):
         kwargs = jobqueue_kwargs(ClusterSpec(kind="slurm", cores=1, memory="2GB", dashboard_address=None))
-    assert kwargs["job_script_prologue"] == ["module load cuda", f"export MALLOC_MMAP_THRESHOLD_={64 * MIB}"]
+    assert kwargs["job_script_prologue"] == ["module load cuda", f"export MALLOC_MMAP_THRESHOLD_={24 * MIB}"]
     with SLURMCluster(**kwargs) as cluster:
         script = cluster.job_script()
     assert (

@@ -18,6 +18,7 @@ marked complete (array attribute ``operando:complete``) only when every unit is.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import logging
 import math
@@ -184,6 +185,49 @@ def _unit_key(out: zarr.Array, index: tuple[int, ...]) -> str:
     return out.metadata.encode_chunk_key((0,) * (out.ndim - len(index)) + tuple(index))
 
 
+#: Decoded chunks at least this big are freed by a collection right after use (see read_region).
+_COLLECT_BYTES = 4 << 20
+
+
+def read_region(source: zarr.Array, region: Sequence[slice | int]) -> np.ndarray:
+    """``source[region]``, decoding one source chunk at a time.
+
+    zarr decodes every chunk a selection touches at once, and leaves each decoded
+    chunk and its compressed bytes in reference cycles until a full collection
+    (measured: 137 MiB for an 80 MiB chunk). A block spanning a plane of sixteen
+    32 MiB chunks would hold half a GiB in a worker; here it holds one chunk.
+
+    Parameters
+    ----------
+    source : zarr.Array
+    region : sequence of slice or int
+        One entry per axis: a slice with explicit start and stop (step 1), or an
+        index (the axis is dropped, as in numpy).
+
+    Returns
+    -------
+    ndarray of the region's shape, the source's dtype
+    """
+    out = np.empty([r.stop - r.start for r in region if isinstance(r, slice)], dtype=source.dtype)
+    big = math.prod(source.chunks) * source.dtype.itemsize >= _COLLECT_BYTES
+    per_axis = [
+        [slice(max(r.start, k), min(r.stop, k + c)) for k in range(r.start - r.start % c, r.stop, c)]
+        if isinstance(r, slice)
+        else [r]
+        for r, c in zip(region, source.chunks, strict=True)
+    ]
+    for piece in itertools.product(*per_axis):
+        local = tuple(
+            slice(p.start - r.start, p.stop - r.start)
+            for p, r in zip(piece, region, strict=True)
+            if isinstance(r, slice)
+        )
+        out[local] = source[piece]
+        if big:  # a collection costs tens of ms in a large process: only for big chunks
+            gc.collect()
+    return out
+
+
 def _unit_region(index: tuple[int, ...], unit: Sequence[int], shape: Sequence[int]) -> Region:
     return tuple(slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(index, unit, shape, strict=True))
 
@@ -196,7 +240,7 @@ def _compute_unit(job: _Job, index: tuple[int, ...], kwargs: Mapping[str, Any]) 
         slice(max(0, t.start - h), min(n, t.stop + h))
         for t, h, n in zip(target, job.halo, shape, strict=True)
     )
-    block = np.asarray(job.source[read])
+    block = read_region(job.source, read)
     inner = tuple(slice(t.start - r.start, t.stop - r.start) for t, r in zip(target, read, strict=True))
     result = job.kernel(block, region_in_block=inner, block_origin=tuple(r.start for r in read), **kwargs)
     values = [np.asarray(v) for v in (result if isinstance(result, tuple) else (result,))]

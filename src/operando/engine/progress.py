@@ -124,12 +124,15 @@ class Progress:
 def iter_completed(futures: Iterable[Any]) -> Iterator[Any]:
     """Futures in completion order: distributed futures or :mod:`concurrent.futures` ones."""
     futures = list(futures)
-    if futures and isinstance(futures[0], concurrent.futures.Future):
+    if not futures:
+        return
+    if isinstance(futures[0], concurrent.futures.Future):
         yield from concurrent.futures.as_completed(futures)
         return
     from distributed import as_completed
 
-    yield from as_completed(futures)
+    # the futures' own client: it need not be the default one
+    yield from as_completed(futures, loop=futures[0].client.loop)
 
 
 def _maxrss() -> int:

@@ -27,8 +27,6 @@ nearest-neighbour, for labels. Voxels that map outside the source volume get
 
 from __future__ import annotations
 
-import gc
-import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +39,7 @@ import zarr
 from scipy import ndimage
 
 from operando.analysis.ct.register import AXES, estimate_transforms, rotation_matrix
-from operando.engine.blockwise import plan_tasks
+from operando.engine.blockwise import plan_tasks, read_region
 from operando.errors import RegistrationError, ShapeMismatchError
 from operando.io.store import COMPLETE_ATTR, mark_complete, open_dataset, prepare_output
 
@@ -134,32 +132,6 @@ def _coordinates(affine: np.ndarray, axes: Sequence[np.ndarray]) -> np.ndarray:
     return coords
 
 
-_COLLECT_BYTES = 4 << 20
-
-
-def _read_box(source: zarr.Array, t: int, box: Region) -> np.ndarray:
-    """``source[t][box]``, decoding one source chunk at a time.
-
-    zarr decodes every chunk a selection touches at once: a box over four ~96 MiB
-    chunks would hold four decoded chunks in a worker together.
-    """
-    out = np.empty([b.stop - b.start for b in box], dtype=source.dtype)
-    chunk_bytes = math.prod(source.chunks[1:]) * source.dtype.itemsize
-    per_dim = [
-        [slice(max(b.start, k), min(b.stop, k + c)) for k in range(b.start - b.start % c, b.stop, c)]
-        for b, c in zip(box, source.chunks[1:], strict=True)
-    ]
-    for piece in itertools.product(*per_dim):
-        local = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(piece, box, strict=True))
-        out[local] = source[(t, *piece)]
-        # zarr leaves the decoded chunk and its compressed bytes (measured: 137 MiB for an
-        # 80 MiB chunk) in reference cycles until a full collection; free them now.
-        # Only for big chunks: a collection costs tens of ms in a large process.
-        if chunk_bytes >= _COLLECT_BYTES:
-            gc.collect()
-    return out
-
-
 def _slabs(box: Region, region: Region, itemsize: int, read_bytes: int) -> list[Region]:
     """``region`` cut along z so that each slab's source box is about ``read_bytes``.
 
@@ -197,7 +169,7 @@ def _resample_chunk(
         if any(b.stop <= b.start for b in box):
             out[local] = fill
             continue
-        block = _read_box(source, t, box)
+        block = read_region(source, (t, *box))
         out[local] = _interpolate(block, [b.start for b in box], affine, slab, shape, order, fill)
     return out
 
@@ -223,7 +195,7 @@ def _resample_task(
         read_bytes = min(_READ_BYTES, math.prod(s.stop - s.start for s in space))
     for t in range(t_slice.start, t_slice.stop):
         if affine is None or affine[t] is None:
-            values = _read_box(source, t, tuple(space)).astype(out.dtype, copy=False)
+            values = read_region(source, (t, *space)).astype(out.dtype, copy=False)
         else:
             values = _resample_chunk(source, t, affine[t], tuple(space), order, fill, out.dtype, read_bytes)
         out[(slice(t, t + 1), *space)] = values[None]
