@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from operando.engine.cluster import local_cluster
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -14,3 +16,19 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"../shared/data is absent ({path}); the tests on real data need it")
     return path
+
+
+@pytest.fixture(scope="session")
+def client():
+    """``distributed.Client`` on a LocalCluster of 2 single-thread worker processes, 1 GiB each.
+
+    Not the default client: code under test reaches it only when it is passed in.
+    """
+    distributed = pytest.importorskip("distributed")
+    with (
+        local_cluster(
+            n_workers=2, threads_per_worker=1, memory_limit="1GiB", dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        yield client

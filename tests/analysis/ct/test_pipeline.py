@@ -37,19 +37,8 @@ def model(cell: Path) -> Path:
     classes = ",".join(CT_CLASSES)
     argv = ["train", str(cell), "--labels", str(labels), "--labels-time", "2", "--classes", classes]
     # a round budget, not a time limit: the same model on a busy machine
-    argv += [
-        "-o",
-        str(weights),
-        "--patch",
-        "32",
-        "--steps-per-round",
-        "20",
-        "--rounds",
-        "20",
-        "--patience",
-        "20",
-    ]
-    argv += ["--time-limit", "600"]
+    argv += ["-o", str(weights), "--patch", "32", "--steps-per-round", "20"]
+    argv += ["--rounds", "20", "--patience", "20", "--time-limit", "600"]
     assert main([*argv, "--device", "cpu", "--quiet"]) == 0
     return weights
 

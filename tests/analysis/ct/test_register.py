@@ -16,7 +16,6 @@ from operando.analysis.ct.register import (
     sub_volume_boxes,
 )
 from operando.analysis.ct.resample import apply_transforms
-from operando.engine.cluster import local_cluster
 from operando.errors import CropError, ReferenceIndexError, RegistrationError, VoxelSizeError
 from operando.io import open_dataset
 from operando.synth._shapes import rotation_matrix as phantom_rotation
@@ -159,19 +158,6 @@ def test_non_convergence_raises_or_is_reported(phantom):
         once = RegistrationOptions(max_iterations=1, shrink_factors=(2,), smoothing_sigmas=(0.0,))
         est = estimate_transforms(data, options=once, on_failure="report")
     assert not est.converged.values[0] and est.converged.values[-1]
-
-
-@pytest.fixture(scope="module")
-def client():
-    """``distributed.Client`` on a LocalCluster of 2 single-thread worker processes."""
-    distributed = pytest.importorskip("distributed")
-    with (
-        local_cluster(
-            n_workers=2, threads_per_worker=1, memory_limit="1GiB", dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
-        yield client
 
 
 def test_distributed_client_gives_the_threaded_result(client, tmp_path):
