@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from operando.analysis.ct import stats
 from operando.analysis.ct.regions import ROLES, SPLIT_CLASSES
 from operando.analysis.ct.stats import cell_statistics, write_stats
-from operando.errors import AxisError, ClassNameError, CropError, OutputExistsError
+from operando.errors import AxisError, ClassNameError, ConfigError, CropError, OutputExistsError
 from operando.io.layout import label_attrs
 from operando.synth.ct import make_ct
 
@@ -121,6 +122,10 @@ def test_bad_input_errors(phantom):
         cell_statistics(labels, crop="x=64:70")
     with pytest.raises(ClassNameError, match="unknown classes \\['void'\\]"):
         cell_statistics(labels, colocalize=[("void", "pit")])
+    with pytest.raises(ConfigError, match="'up' is not 'auto', 'high' or 'low'"):
+        cell_statistics(labels, plating_side="up")
+    with pytest.raises(ConfigError, match=r"'auto' is known only after the pass.*plating_side='high'"):
+        cell_statistics(labels, compute=False)
 
 
 def _layered(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:
@@ -197,8 +202,8 @@ def test_tall_chunk_columns_are_cut_into_groups_with_the_same_result(monkeypatch
     np.testing.assert_allclose(ds["edge_um"], faces * VOXEL, rtol=1e-6)
 
 
-def test_lazy_and_each_chunk_read_once_by_the_full_pass():
-    volume = _layered(np.random.default_rng(1), (2, 16, 12, 12))
+def _counted_labels(volume: np.ndarray) -> tuple[xr.DataArray, Counter]:
+    """Labels whose chunks (4³, one timestep) count their reads."""
     reads: Counter = Counter()
     lock = threading.Lock()
 
@@ -208,8 +213,25 @@ def test_lazy_and_each_chunk_read_once_by_the_full_pass():
             reads[tuple(a for a, _ in loc)] += 1
         return volume[tuple(slice(a, b) for a, b in loc)]
 
-    source = da.map_blocks(load, chunks=((1, 1), (4,) * 4, (4,) * 3, (4,) * 3), dtype=np.uint8)
-    labels = _as_labels(volume, volume.shape).copy(data=source)
+    chunks = ((1,) * volume.shape[0], *((4,) * (n // 4) for n in volume.shape[1:]))
+    source = da.map_blocks(load, chunks=chunks, dtype=np.uint8)
+    return _as_labels(volume, volume.shape).copy(data=source), reads
+
+
+def test_computed_statistics_read_each_chunk_once():
+    """The split's sampled chunks are shared with the full pass (one graph), not read again."""
+    volume = _layered(np.random.default_rng(1), (2, 16, 12, 12))
+    labels, reads = _counted_labels(volume)
+    with dask.config.set(scheduler="threads"):
+        ds = cell_statistics(labels, plating_side="high")
+    assert len(reads) == 2 * 4 * 3 * 3 and set(reads.values()) == {1}
+    reference = cell_statistics(_as_labels(volume, volume.shape), plating_side="high")
+    xr.testing.assert_identical(ds, reference)
+
+
+def test_lazy_statistics_read_the_sample_first_then_each_chunk_once():
+    volume = _layered(np.random.default_rng(1), (2, 16, 12, 12))
+    labels, reads = _counted_labels(volume)
     with dask.config.set(scheduler="threads"):
         lazy = cell_statistics(labels, plating_side="high", compute=False)
         sampled = sum(reads.values())  # the cheap pass: the middle chunk column only
@@ -223,9 +245,20 @@ def test_lazy_and_each_chunk_read_once_by_the_full_pass():
     np.testing.assert_array_equal(ds["voxels"], counts.sum(axis=(2, 3)))
 
 
+def test_maps_are_lazy_plane_views_of_the_counts(phantom):
+    """Computed statistics hold no float copies of the maps: one plane per chunk, values from the counts."""
+    ds = phantom[2]
+    for name in ("thickness_map_um", "density_map"):
+        assert isinstance(ds[name].data, da.Array) and ds[name].data.chunksize == (1, 1, 64, 64)
+    voxels = ds["thickness_map_um"].sum(("y", "x")).values / VOXEL
+    np.testing.assert_allclose(voxels, ds["voxels"].values, rtol=1e-5)
+    np.testing.assert_allclose(ds["density_map"] * 48, ds["thickness_map_um"] / VOXEL, rtol=1e-6)
+
+
 def test_write_stats(phantom, tmp_path):
     ds = phantom[2]
     out = write_stats(ds, tmp_path / "stats")
+    assert zarr.open_array(out / "maps.zarr" / "thickness_map_um", mode="r").chunks == (1, 1, 64, 64)
     table = pd.read_csv(out / "stats.csv")
     assert list(table.columns) == ["time", "class", "voxels", "volume_um3", "thickness_um"]
     assert len(table) == 3 * len(SPLIT_CLASSES) and set(table["time"]) == {0.0, 120.0, 240.0}
@@ -255,12 +288,9 @@ def test_write_stats(phantom, tmp_path):
     z0=st.integers(0, 40),
     cut=st.integers(-2, 310),
     sub_slab_bytes=st.sampled_from([12, 60, 2**20]),  # 1, 5 or up to 255 slices of 3 × 4
-    stripping_low=st.booleans(),
     layered=st.booleans(),  # runs of equal slices, as layers along the normal: counted once, weighted
 )
-def test_chunk_kernel_matches_numpy(
-    seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, stripping_low, layered
-):
+def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, layered):
     """The per-chunk kernel (uint8 sub-slab masks, shortcuts) against the numpy oracle, plane anywhere."""
     rng = np.random.default_rng(seed)
     block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, 3, 4))
@@ -271,23 +301,24 @@ def test_chunk_kernel_matches_numpy(
     volume[:, z0 : z0 + depth] = block
     plane = z0 + cut
     value_of = rng.permutation(5).astype(np.uint8) if shuffle_values else np.arange(5, dtype=np.uint8)
-    tables = stats._side_tables(dict(zip(ROLES, value_of.tolist(), strict=True)), stripping_low)
+    roles = dict(zip(ROLES, value_of.tolist(), strict=True))
     old, stats._SUB_SLAB_BYTES = stats._SUB_SLAB_BYTES, sub_slab_bytes
     try:
         out = stats._columns_kernel(
             [value_of[block]],
             np.array([0]),
-            planes=np.array([plane]),
-            tables=tables,
+            [np.array([plane])],
+            roles=roles,
             starts=(z0,),
             n_total=n_total,
         )[:, None]
     finally:
         stats._SUB_SLAB_BYTES = old
     counts, faces = _oracle(volume, [int(np.clip(plane, 0, n_total))])
-    if not stripping_low:  # the oracle names the low side stripping
-        counts = counts[:, [0, 2, 1, 4, 3, 5, 6]]
-    np.testing.assert_array_equal(out[:, 0, :6], counts[:, 1:])  # background is the rest of the column
+    # The oracle names the low side stripping; the kernel counts by side (background is the rest).
+    low_high = [SPLIT_CLASSES.index(c) for c in ("stripping_electrode", "plating_electrode")]
+    low_high += [SPLIT_CLASSES.index(c) for c in ("redeposited_li", "deposited_li", "dendrite", "pit")]
+    np.testing.assert_array_equal(out[:, 0, :6], counts[:, low_high])
     low = np.where(np.isnan(faces[:, 0]), 0, faces[:, 0] + 1)
     high = np.where(np.isnan(faces[:, 1]), 0, n_total - faces[:, 1])
     np.testing.assert_array_equal(out[:, 0, 6], low)

@@ -6,11 +6,12 @@ electrodes, halfway between them, and each class is renamed by its side:
 electrode → ``stripping_electrode`` / ``plating_electrode``, deposited Li →
 ``redeposited_li`` (stripping side) / ``deposited_li`` (plating side).
 
-The plane is found from the data, per timestep, by a cheap pass: the electrode
-voxel count per slice along the normal, on a strided subset of in-plane chunk
-columns (about one in sixteen, see :func:`sample_blocks`). The gap is the longest
-run of slices whose electrode fraction is below one half; the plane is its
-middle. Only the full statistics pass then reads every chunk.
+The plane is found from the data, per timestep: the electrode voxel count per
+slice along the normal, on a strided subset of in-plane chunk columns (about one
+in sixteen, see :func:`sample_blocks`). The gap is the longest run of slices
+whose electrode fraction is below one half; the plane is its middle. The split
+is a small task in the statistics graph (:func:`split_by_depth`), so the sampled
+chunks are read once, for it and for their columns.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 import re
 from collections.abc import Mapping
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -30,11 +30,11 @@ __all__ = [
     "SIDES",
     "SPLIT_CLASSES",
     "choose_plating_side",
-    "depth_profiles",
     "parse_crop",
     "resolve_normal",
     "resolve_roles",
     "sample_blocks",
+    "split_by_depth",
     "split_planes",
 ]
 
@@ -161,49 +161,62 @@ def sample_blocks(numblocks: tuple[int, int], share: int = 16) -> tuple[list[int
     return list(range(sy // 2, ny, sy)), list(range(sx // 2, nx, sx))
 
 
-def depth_profiles(arr: da.Array, roles: Mapping[str, int], *, client=None) -> tuple[np.ndarray, np.ndarray]:
-    """Electrode fraction and deposited-voxel count per normal slice, from a chunk subset.
+def split_by_depth(arr: da.Array, roles: Mapping[str, int]) -> da.Array:
+    """The split plane of every timestep, lazily, from the sampled chunk columns.
+
+    Computed in one ``dask.compute`` with the statistics pass, each sampled chunk
+    is read once for both; the pass waits for the (small) split task.
 
     Parameters
     ----------
     arr : dask array of shape (T, N, A, B)
         Labels with the normal second.
+    roles : mapping of str to int
+        Label value of each role (:func:`resolve_roles`).
 
     Returns
     -------
-    electrode_fraction, deposited : ndarray of shape (T, N)
+    dask array of int of shape (T,)
+        The split planes (:func:`split_planes`), in one chunk.
     """
     rows, cols = sample_blocks(arr.numblocks[2:])
-    sub = arr.blocks[:, :, rows][:, :, :, cols]
-    values = np.array([roles["electrode"], roles["deposited"]], np.uint8)
-    # One kernel per chunk, reduced in-plane right away; the (T, N, rows, cols × 2) partials are small.
+    sub = arr.blocks[:, :, rows].blocks[:, :, :, cols]
+    # One kernel per chunk, reduced in-plane right away; the (T, N, rows, cols) partials are small.
     per_chunk = sub.map_blocks(
         _slice_counts,
-        values,
-        chunks=(*sub.chunks[:2], (1,) * sub.numblocks[2], (2,) * sub.numblocks[3]),
+        np.uint8(roles["electrode"]),
+        chunks=(*sub.chunks[:2], (1,) * sub.numblocks[2], (1,) * sub.numblocks[3]),
         dtype=np.int64,
     )
-    (counts,) = client.compute([per_chunk], sync=True) if client is not None else dask.compute(per_chunk)
-    counts = counts.reshape(*counts.shape[:3], -1, 2).sum(axis=(2, 3))
-    return counts[..., 0] / (sub.shape[2] * sub.shape[3]), counts[..., 1]
+    # One small task on all the partials, in the array graph: its sampled chunks stay shared with
+    # the statistics pass (a delayed would embed a copy of their reads).
+    whole = per_chunk.rechunk(per_chunk.shape, method="tasks")  # "auto" would import distributed
+    area = sub.shape[2] * sub.shape[3]
+    return whole.map_blocks(
+        _planes_from_counts, area, drop_axis=(1, 2, 3), chunks=((arr.shape[0],),), dtype=int
+    )
 
 
-def _slice_counts(block: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Voxels of each of ``values`` per slice of a chunk (t, n, a, b) → (t, n, 1, 2).
+def _planes_from_counts(counts: np.ndarray, area: int) -> np.ndarray:
+    """Per-chunk electrode voxels per slice (T, N, rows, cols) of the sample → the planes (T,)."""
+    return split_planes(counts.sum(axis=(2, 3)) / area)
+
+
+def _slice_counts(block: np.ndarray, value: np.uint8) -> np.ndarray:
+    """Voxels equal to ``value`` per slice of a chunk (t, n, a, b) → (t, n, 1, 1).
 
     Layers make most slices repeat the one before: each run of equal slices is
     counted once (one word-wise comparison finds the runs), then repeated.
     """
-    out = np.empty((*block.shape[:2], 1, len(values)), np.int64)
+    out = np.empty((*block.shape[:2], 1, 1), np.int64)
     for i, volume in enumerate(block):
         flat = volume.reshape(volume.shape[0], -1)
         words = flat.view(np.uint64) if flat.flags.c_contiguous and flat.shape[1] % 8 == 0 else flat
         starts = np.flatnonzero(np.concatenate([[True], (words[1:] != words[:-1]).any(axis=1)]))
         lengths = np.diff(starts, append=flat.shape[0])
         mask = np.empty(flat.shape[1], bool)
-        for k, value in enumerate(values):
-            per_run = [np.count_nonzero(np.equal(flat[s], value, out=mask)) for s in starts]
-            out[i, :, 0, k] = np.repeat(per_run, lengths)
+        per_run = [np.count_nonzero(np.equal(flat[s], value, out=mask)) for s in starts]
+        out[i, :, 0, 0] = np.repeat(per_run, lengths)
     return out
 
 
@@ -236,8 +249,8 @@ def _gap_middle(row: np.ndarray, threshold: float, t: int) -> int:
     return int((starts[longest] + stops[longest] + 1) // 2)
 
 
-def choose_plating_side(deposited: np.ndarray, planes: np.ndarray) -> str:
-    """``"high"`` or ``"low"``: the side whose deposited-Li count grows during charge.
+def choose_plating_side(low: np.ndarray, high: np.ndarray) -> str:
+    """``"high"`` or ``"low"``: the side whose deposited-Li volume grows during charge.
 
     Charge is taken as the first half of the timesteps (at least two): the side
     whose deposited count rises most from the first timestep is the plating side
@@ -245,16 +258,12 @@ def choose_plating_side(deposited: np.ndarray, planes: np.ndarray) -> str:
 
     Parameters
     ----------
-    deposited : ndarray of shape (T, N)
-        Deposited voxels per normal slice.
-    planes : ndarray of int of shape (T,)
+    low, high : ndarray of shape (T,)
+        Deposited voxels below and above the split plane, per timestep.
     """
-    n = deposited.shape[1]
-    below = np.arange(n)[None, :] < planes[:, None]
-    low, high = (deposited * below).sum(1), (deposited * ~below).sum(1)
-    first = max(2, (len(planes) + 1) // 2)
+    first = max(2, (len(low) + 1) // 2)
     growth = {"low": int((low[:first] - low[0]).max()), "high": int((high[:first] - high[0]).max())}
-    if len(planes) < 2 or growth["low"] == growth["high"]:
+    if len(low) < 2 or growth["low"] == growth["high"]:
         raise ConfigError(
             "plating_side",
             f"'auto' cannot tell the plating side: deposited Li grows by {growth} voxels over charge",

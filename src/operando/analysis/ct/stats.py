@@ -5,8 +5,9 @@ per-column counts of the split classes (:data:`~operando.analysis.ct.regions.SPL
 background being the rest of the column) and the positions of the two electrode
 faces. Everything else (volumes, thickness, area fractions, Pearson
 colocalization, edge means) follows from those ``T × 7 × Y × X`` maps, in numpy
-once they are reduced. The split plane is found first by a cheap pass
-(:mod:`~operando.analysis.ct.regions`).
+once they are reduced. The split plane comes from a sample of the chunk columns
+(:func:`~operando.analysis.ct.regions.split_by_depth`) in the same graph: the
+column tasks wait for it, and every chunk is read once.
 
 The per-chunk kernel (``benchmarks/results/stats.md``) relies on the layers along
 the normal: one word-wise comparison of each slice with the next finds the runs
@@ -44,10 +45,16 @@ from operando.io.store import mark_complete
 __all__ = ["cell_statistics", "write_stats"]
 
 _PACKED = ("electrode", "deposited", "dendrite", "pit")  # counted roles; background is the rest
-_N_OUT = len(SPLIT_CLASSES) + 1  # counts but background (the rest), then the low and the high face
+#: Output planes of the pass: counts by side of the plane (named stripping/plating after it), then faces.
+_COUNTED = ("electrode_low", "electrode_high", "deposited_low", "deposited_high", "dendrite", "pit")
+_SIDE_PLANES = {"low": np.array([0, 2, 4, 5]), "high": np.array([1, 3, 4, 5])}  # per packed role
+#: ``SPLIT_CLASSES[1:]`` from the counted planes, by plating side.
+_CLASS_PLANES = {"high": [0, 1, 3, 2, 4, 5], "low": [1, 0, 2, 3, 4, 5]}
+_N_OUT = len(_COUNTED) + 2
 _U8_SLICES = 255  # slices per uint8 partial count
 _SUB_SLAB_BYTES = 2**20  # sub-slab masks stay cache-sized
 _COLUMN_TASK_BYTES = 512 * 2**20  # labels one task holds at once: a chunk column, or part of a tall one
+_LOW_HIGH = ("low", "high")
 _SIDE_CLASSES = (("stripping_electrode", "redeposited_li"), ("plating_electrode", "deposited_li"))
 
 
@@ -76,7 +83,8 @@ def cell_statistics(
         ``"y=12:-12,x=12:-12"`` in voxels (:func:`~operando.analysis.ct.regions.parse_crop`).
     plating_side : {"auto", "high", "low"}, keyword-only
         Side of the plating electrode along the normal; ``auto``: the side where
-        deposited Li grows during charge (first half of the timesteps).
+        deposited Li grows during charge (first half of the timesteps), from the
+        exact per-side totals of the pass (so not with ``compute=False``).
     class_names : mapping of str to str, optional, keyword-only
         ``{role: class name}`` for labels not named ``background electrode
         deposited dendrite pit``.
@@ -108,16 +116,24 @@ def cell_statistics(
     plane_dims = tuple(d for d in labels.dims if d not in ("time", normal))
     labels = labels.transpose("time", normal, *plane_dims)
     arr = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
-    fraction, deposited = regions.depth_profiles(arr, roles, client=client)
-    planes = regions.split_planes(fraction)
-    side = regions.choose_plating_side(deposited, planes) if plating_side == "auto" else plating_side
-    if side not in ("high", "low"):
+    if plating_side not in ("auto", "high", "low"):
         raise ConfigError("plating_side", f"{plating_side!r} is not 'auto', 'high' or 'low'")
-    columns = _column_partials(arr, planes, roles, stripping_low=side == "high")
+    if plating_side == "auto" and not compute:
+        raise ConfigError(
+            "plating_side",
+            "'auto' is known only after the pass over every chunk, so it cannot name lazy statistics",
+            remedy="Pass plating_side='high' or 'low' with compute=False.",
+        )
+    planes = regions.split_by_depth(arr, roles)
+    if not compute:  # the plane is an attribute: known before the lazy pass
+        (planes,) = _compute(client, planes)
+    columns = _column_partials(arr, planes, roles)
     if compute:
-        # Reduce once, then finish on the small maps in numpy (no per-variable dask overhead).
-        (columns,) = client.compute([columns], sync=True) if client is not None else dask.compute(columns)
-    counts, faces = _split_columns(columns, labels.sizes[normal])
+        # One graph: the sampled chunks are read once, for the planes and their columns. Reduce once,
+        # then finish on the small maps in numpy (no per-variable dask overhead).
+        columns, planes = _compute(client, columns, planes)
+    side = _plating_side(columns) if plating_side == "auto" else plating_side
+    counts, faces = _split_columns(columns, labels.sizes[normal], side)
     ds = _assemble(labels, counts, faces, normal, voxel, side, colocalize)
     n = labels[normal].values
     ds.attrs.update(
@@ -129,6 +145,15 @@ def cell_statistics(
         source=" ".join(label_classes(labels).values()),
     )
     return ds
+
+
+def _compute(client: Any | None, *collections: Any) -> tuple:
+    """``dask.compute``, on ``client``'s cluster when given."""
+    return (
+        tuple(client.compute(list(collections), sync=True))
+        if client is not None
+        else dask.compute(*collections)
+    )
 
 
 def _voxel_size(labels: xr.DataArray, normal: str, given: float | None) -> float:
@@ -148,10 +173,8 @@ def _check_pairs(pairs: Sequence[tuple[str, str]]) -> None:
         raise ClassNameError("colocalize", f"unknown classes {bad}; available: {list(SPLIT_CLASSES)}")
 
 
-def _column_partials(
-    arr: da.Array, planes: np.ndarray, roles: Mapping[str, int], *, stripping_low: bool
-) -> da.Array:
-    """Per-column counts and faces (T, 8, A, B): 6 class counts (no background), low and high face.
+def _column_partials(arr: da.Array, planes: np.ndarray | da.Array, roles: Mapping[str, int]) -> da.Array:
+    """Per-column counts and faces (T, 8, A, B): :data:`_COUNTED` counts, the low and the high face.
 
     One task per chunk column gets the column's chunks as a list (``concatenate=False``:
     no copy) and adds each into one output: no per-chunk partial maps (fresh memory,
@@ -168,12 +191,14 @@ def _column_partials(
             "tzab",
             da.arange(arr.shape[0], chunks=(arr.chunks[0],)),
             "t",
+            # Indexed, not passed whole (None), which would embed a copy of its graph, sample reads included.
+            da.asarray(planes).rechunk(-1),
+            "u",
             new_axes={"c": _N_OUT},
             concatenate=False,
             dtype=dtype,
             meta=np.empty((0,) * 4, dtype),
-            planes=planes,
-            tables=_side_tables(roles, stripping_low),
+            roles=dict(roles),
             starts=tuple(int(z) for z in edges[a:b]),
             n_total=arr.shape[1],
         )
@@ -208,15 +233,29 @@ def _partial_dtype(n_total: int) -> type[np.unsignedinteger] | type[np.signedint
     return np.uint16 if n_total <= np.iinfo(np.uint16).max else np.int32
 
 
-def _split_columns(columns, n_total: int):
-    """Reduced partials (T, 8, A, B) → class counts (T, 7, A, B) int32 and faces (T, 2, A, B)."""
+def _plating_side(columns: np.ndarray) -> str:
+    """The side (``"high"``/``"low"``) where deposited Li grows during charge, from the reduced partials."""
+    low, high = (
+        columns[:, _COUNTED.index(f"deposited_{s}")].sum(axis=(1, 2), dtype=np.int64) for s in _LOW_HIGH
+    )
+    return regions.choose_plating_side(low, high)
+
+
+def _split_columns(columns, n_total: int, side: str):
+    """Reduced partials (T, 8, A, B) → class counts (T, 7, A, B) and faces (T, 2, A, B).
+
+    The counted planes are named by ``side``, the plating electrode's side of the plane.
+    """
     n = _N_OUT - 2
+    order = _CLASS_PLANES[side]
     if isinstance(columns, da.Array):
-        counts = columns[:, :n].astype(np.int32)
+        counts = columns[:, order].astype(np.int32)
         background = n_total - counts.sum(axis=1, keepdims=True, dtype=np.int32)
         return da.concatenate([background, counts], axis=1), columns[:, n:]
-    counts = np.empty((columns.shape[0], n + 1, *columns.shape[2:]), np.int32)
-    counts[:, 1:] = columns[:, :n]
+    # In the partials' dtype: each count, and so the background, is at most n_total.
+    counts = np.empty((columns.shape[0], n + 1, *columns.shape[2:]), columns.dtype)
+    for c, plane in enumerate(order, start=1):
+        counts[:, c] = columns[:, plane]
     # Background is the rest of the column (one plane less per chunk), subtracted plane by plane:
     # a reduction over the class axis would stride through the whole array.
     background = counts[:, 0]
@@ -226,29 +265,24 @@ def _split_columns(columns, n_total: int):
     return counts, columns[:, n:]
 
 
-def _side_tables(roles: Mapping[str, int], stripping_low: bool) -> dict[str, np.ndarray]:
-    """Look-up tables: label value of each packed role, output plane per packed role on each side."""
-    pack = np.array([roles[r] for r in _PACKED], np.uint8)
-    strip = [SPLIT_CLASSES.index(c) - 1 for c in ("stripping_electrode", "redeposited_li", "dendrite", "pit")]
-    plate = [SPLIT_CLASSES.index(c) - 1 for c in ("plating_electrode", "deposited_li", "dendrite", "pit")]
-    low, high = (strip, plate) if stripping_low else (plate, strip)
-    return {"pack": pack, "low": np.array(low), "high": np.array(high)}
-
-
 def _columns_kernel(
     blocks: list[np.ndarray],
     times: np.ndarray,
+    planes: list[np.ndarray],
     *,
-    planes: np.ndarray,
-    tables: dict,
+    roles: Mapping[str, int],
     starts: tuple[int, ...],
     n_total: int,
 ) -> np.ndarray:
     """The chunks (t, n_i, a, b) of one chunk column, starting at ``starts`` → (t, 8, a, b).
 
-    Per column: 6 counts, low face + 1 and n_total − high face (0: none), so that
-    each face is the maximum over the chunks.
+    ``planes`` holds the one block of :func:`~operando.analysis.ct.regions.split_by_depth`.
+
+    Per column: the :data:`_COUNTED` counts, low face + 1 and n_total − high face
+    (0: none), so that each face is the maximum over the chunks.
     """
+    (planes,) = planes
+    tables = {"pack": np.array([roles[r] for r in _PACKED], np.uint8), **_SIDE_PLANES}
     out = np.zeros((blocks[0].shape[0], _N_OUT, *blocks[0].shape[2:]), _partial_dtype(n_total))
     for block, z0 in zip(blocks, starts, strict=True):
         for i, volume in enumerate(block):
@@ -435,25 +469,37 @@ def _assemble(
 
 
 def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, str]]) -> dict:
-    """Per-class totals (T, 7), side thicknesses (T, 2), maps (T, 7, A, B) and Pearson r (T, P)."""
+    """Per-class totals (T, 7), side thicknesses (T, 2), maps (T, 7, A, B) and Pearson r (T, P).
+
+    The thickness and density maps are lazy views, one (A, B) plane per chunk, of the
+    counts: float32 copies of all of them would be 4× the counts' memory, made
+    whenever statistics are computed. Writing or plotting computes them plane by plane.
+    """
     voxels = counts.sum(axis=(2, 3), dtype=np.int64)
     volume = voxels * voxel**3
     thickness = volume / (float(np.prod(counts.shape[2:])) * voxel**2)
     index = SPLIT_CLASSES.index
     sides = [thickness[:, index(a)] + thickness[:, index(b)] for a, b in _SIDE_CLASSES]
-    tmap = _planewise(counts, lambda c: c * voxel)
+    # name=False: a token would hash every count
+    plane = (1, 1, *counts.shape[2:])
+    planes = counts if isinstance(counts, da.Array) else da.from_array(counts, chunks=plane, name=False)
     xp = da if isinstance(counts, da.Array) else np
-    coloc = [_pearson(tmap[:, index(a)], tmap[:, index(b)]) for a, b in pairs]
+    # Pearson r is scale-free: the counts give the thickness maps' r without the µm copies.
+    coloc = [_pearson(counts[:, index(a)], counts[:, index(b)]) for a, b in pairs]
     return {
         "voxels": voxels,
         "volume": volume,
         "thickness": thickness,
         "sides": xp.stack(sides, axis=1),
-        "tmap": tmap,
-        "density": _planewise(counts, lambda c: c / n_total),
+        "tmap": planes.map_blocks(_scaled, voxel, dtype=np.float32),
+        "density": planes.map_blocks(_scaled, 1.0 / n_total, dtype=np.float32),
         "area": xp.count_nonzero(counts, axis=(2, 3)) / float(np.prod(counts.shape[2:])),
         "coloc": xp.stack(coloc, axis=1) if coloc else np.zeros((counts.shape[0], 0)),
     }
+
+
+def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
+    return np.multiply(counts, np.float32(factor), dtype=np.float32)
 
 
 def _planewise(a, fn):
@@ -472,10 +518,17 @@ def _planewise(a, fn):
 
 def _pearson(a, b):
     """Pearson r over the plane of two maps (T, A, B), as ``xarray.corr`` (NaN for a constant map)."""
-    axes = (1, 2)
-    cov = ((a - a.mean(axis=axes, keepdims=True)) * (b - b.mean(axis=axes, keepdims=True))).mean(axis=axes)
+    if isinstance(a, da.Array):
+        return da.map_blocks(_pearson, a.rechunk((1, -1, -1)), b.rechunk((1, -1, -1)), drop_axis=(1, 2))
+    return np.array([_pearson_plane(x, y) for x, y in zip(a, b, strict=True)])
+
+
+def _pearson_plane(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two (A, B) maps, with float64 temporaries of one plane (not of the whole series)."""
+    a = a - a.mean(dtype=np.float64)
+    b = b - b.mean(dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / (a.std(axis=axes) * b.std(axis=axes))
+        return float(np.vdot(a, b) / np.sqrt(np.vdot(a, a) * np.vdot(b, b)))
 
 
 def _nanmean_plane(edges):
@@ -515,7 +568,9 @@ def write_stats(ds: xr.Dataset, out_dir: str | Path, *, overwrite: bool = False)
     if existing and not overwrite:
         raise OutputExistsError(out, f"holds {existing} already")
     out.mkdir(parents=True, exist_ok=True)
-    ds = ds.compute()
+    if isinstance(ds["voxels"].data, da.Array):  # lazy statistics: one pass for everything
+        ds = ds.compute()
+    # else only the map views are lazy: to_zarr computes them one plane at a time
     table = ds[["voxels", "volume_um3", "thickness_um"]].to_dataframe().reset_index()
     table[["time", "class", "voxels", "volume_um3", "thickness_um"]].to_csv(out / "stats.csv", index=False)
     side_vars = ["side_thickness_um", "edge_mean_um", "edge_displacement_um", "gap_um"]
