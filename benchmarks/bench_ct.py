@@ -59,7 +59,7 @@ def _label_files(cell: Path, every: int, times: list[int]) -> list[Path]:
     return files
 
 
-def _train(cell: Path, files: list[Path], times: list[int], limit: float, context: int) -> tuple[Path, float]:
+def _train(cell: Path, files: list[Path], times: list[int], args: argparse.Namespace) -> tuple[Path, float]:
     from operando.io import open_dataset
     from operando.models.labels import open_label_tiffs
     from operando.models.training import TrainingConfig, save_result, train
@@ -70,18 +70,29 @@ def _train(cell: Path, files: list[Path], times: list[int], limit: float, contex
     config = TrainingConfig(
         classes=CT_CLASSES,
         axis=2,
-        context=context,
+        preset=args.preset,
+        context=args.context,
         patch=32,
         steps_per_round=60,
         patience=10_000,  # the whole budget: the learning rate anneals over it
-        time_limit_s=limit,
-        device="cpu",
+        time_limit_s=args.time_limit,
+        device=args.device,
     )
     start = time.perf_counter()
     result = train(image, labels, config)
     seconds = time.perf_counter() - start
     weights, _ = save_result(result, cell.parent / "model.safetensors")
     return weights, seconds
+
+
+def _device_name(device: str) -> str:
+    import os
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()} CPU cores"
 
 
 def _iou_table(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> dict[str, float]:
@@ -114,18 +125,19 @@ def accuracy(args: argparse.Namespace) -> str:
             max_shift_voxels=0,
         )
         times = [1, 2, 3]
-        weights, seconds = _train(
-            cell, _label_files(cell, args.every, times), times, args.time_limit, args.context
-        )
+        weights, seconds = _train(cell, _label_files(cell, args.every, times), times, args)
         start = time.perf_counter()
-        seg = segment(cell, weights, Path(tmp) / "seg.zarr", axis="x", device="cpu")
+        seg = segment(cell, weights, Path(tmp) / "seg.zarr", axis="x", device=args.device)
         seg_s = time.perf_counter() - start
         pred = open_dataset(seg).labels.values  # class index 0..K-1; the truth below is 1..K
         truth = open_dataset(cell, group="truth")
         keep = np.ones(shape[3], bool)
         keep[args.every // 2 :: args.every] = False
         iou = _iou_table(pred, truth.labels.values, keep)
-        lines += [f"training {seconds:.0f} s (2 CPU cores), segmentation {seg_s:.1f} s", ""]
+        lines += [
+            f"training {seconds:.0f} s ({args.preset} preset on {_device_name(args.device)}), segmentation {seg_s:.1f} s",
+            "",
+        ]
         lines += ["| class | IoU (unlabelled slices) | paper |", "|---|---|---|"]
         lines += [f"| {c} | {v:.3f} | {PAPER_IOU.get(c, '')} |" for c, v in iou.items()]
         lines += ["", *_volume_rows(seg, truth, cell_statistics)]
@@ -280,11 +292,18 @@ def main() -> None:
     p.add_argument("--section", choices=("accuracy", "memory"), required=True)
     p.add_argument("--size", type=int, default=96, help="lateral edge (accuracy) or N (memory)")
     p.add_argument(
-        "--z", type=int, default=256, help="accuracy: cell thickness in voxels (256: the paper's voxel geometry)"
+        "--z",
+        type=int,
+        default=256,
+        help="accuracy: cell thickness in voxels (256: the paper's voxel geometry)",
     )
     p.add_argument("--every", type=int, default=8, help="accuracy: label every n-th x-slice")
     p.add_argument("--time-limit", type=float, default=600.0, help="accuracy: training limit in seconds")
     p.add_argument("--context", type=int, default=2, help="accuracy: neighbouring slices per side (2.5D)")
+    p.add_argument("--preset", default="small", help="accuracy: ResidualUNet preset")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="accuracy: training and inference"
+    )
     # The default density puts 3 dendrites (a few hundred voxels) on 96², too few for a
     # stable IoU; 36 is the density of the five-class training test (16 on 64²).
     p.add_argument("--dendrites", type=int, default=36, help="accuracy: dendrites in the cell")

@@ -22,12 +22,17 @@ def shared_data() -> Path:
 def client():
     """``distributed.Client`` on a LocalCluster of 2 single-thread worker processes, 1 GiB each.
 
+    3 GiB each where torch sees a GPU: a worker's CUDA context alone holds ~750 MiB of
+    host memory (seen on an H100), and the nanny restarts a 1 GiB worker that made one.
     Not the default client: code under test reaches it only when it is passed in.
     """
     distributed = pytest.importorskip("distributed")
+    import torch
+
+    limit = "3GiB" if torch.cuda.is_available() else "1GiB"
     with (
         local_cluster(
-            n_workers=2, threads_per_worker=1, memory_limit="1GiB", dashboard_address=":0"
+            n_workers=2, threads_per_worker=1, memory_limit=limit, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):

@@ -40,7 +40,7 @@ def _array_sum(client) -> None:
 @pytest.fixture(scope="module")
 def local_client():
     lines: list[str] = []
-    spec = ClusterSpec(jobs=2, cores=1, memory="300MiB", dashboard_address=":0")
+    spec = ClusterSpec(jobs=2, cores=1, memory="768MiB", dashboard_address=":0")
     with connect(spec, echo=lines.append) as client:
         yield spec, client, lines
 
@@ -50,13 +50,13 @@ def test_local_cluster_computes_with_the_spec_memory_limit(local_client):
     _array_sum(client)
     workers = client.scheduler_info()["workers"].values()
     assert len(workers) == 2
-    assert {w["memory_limit"] for w in workers} == {300 * MIB}
+    assert {w["memory_limit"] for w in workers} == {768 * MIB}
     assert {w["nthreads"] for w in workers} == {1}
-    assert spec.worker_memory_limit() == 300 * MIB
+    assert spec.worker_memory_limit() == 768 * MIB
     # worker processes, not threads of this process
     pids = set(client.run(lambda: __import__("os").getpid()).values())
     assert len(pids) == 2 and __import__("os").getpid() not in pids
-    assert lines[0] == "operando: local cluster: 2 worker processes × 1 threads, 300.00 MiB each"
+    assert lines[0] == "operando: local cluster: 2 worker processes × 1 threads, 768.00 MiB each"
     assert lines[1].startswith("operando: dask dashboard at http")
 
 

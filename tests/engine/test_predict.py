@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -165,17 +169,24 @@ def test_model_output_of_the_wrong_shape_is_a_clear_error(tmp_path):
         predict(src, Shrinks(), out, patch=6)
 
 
-def test_gpu_resource_is_requested_only_where_workers_have_gpus(client, tmp_path):
+@contextlib.contextmanager
+def _gpu_resource_client() -> Iterator[Any]:
+    """A client of one worker (2 threads) that advertises the resource ``GPU``."""
     distributed = pytest.importorskip("distributed")
-    assert not _workers_have_gpus(client)
-    data = (np.random.default_rng(8).random((12, 12)) > 0.5).astype(np.uint8)
-    src, out = _arrays(tmp_path, data, (6, 6))
     with (
         local_cluster(
             n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0"
         ) as cluster,
-        distributed.Client(cluster) as gpu_client,
+        distributed.Client(cluster) as client,
     ):
+        yield client
+
+
+def test_gpu_resource_is_requested_only_where_workers_have_gpus(client, tmp_path):
+    assert not _workers_have_gpus(client)
+    data = (np.random.default_rng(8).random((12, 12)) > 0.5).astype(np.uint8)
+    src, out = _arrays(tmp_path, data, (6, 6))
+    with _gpu_resource_client() as gpu_client:
         assert _workers_have_gpus(gpu_client)
         # device="auto" on a worker without CUDA falls back to the CPU; the tasks hold the resource.
         predict(src, _identity_recipe(), out, patch=6, client=gpu_client)
@@ -256,3 +267,43 @@ def test_chunks_predicted_slab_by_slab_equal_the_whole_array_pass(tmp_path, monk
     )
     np.testing.assert_array_equal(out[...], labels_from_logits(logits))
     np.testing.assert_array_equal(probs[...], probabilities(logits))
+
+
+# --------------------------------------------------------------------------- GPU (skipped without one)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gpu_identity_oracle_is_exact(tmp_path, autocast):
+    data = (np.random.default_rng(9).random((4, 33, 29)) > 0.5).astype(np.float32)
+    src, out = _arrays(tmp_path, data, (2, 16, 10))
+    predict(src, _identity_recipe(), out, patch=8, axes=(1, 2), device="cuda", autocast=autocast)
+    np.testing.assert_array_equal(out[...], data.astype(np.uint8))
+
+
+@needs_cuda
+def test_gpu_labels_match_the_cpu_pass(tmp_path):
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    data = np.random.default_rng(10).normal(size=(64, 48)).astype(np.float32)
+    opts = {"patch": (16, 16), "overlap": 0.25, "blend": "gaussian", "batch_size": 4}
+    labels = []
+    for device in ("cpu", "cuda"):
+        src, out = _arrays(tmp_path, data, (20, 24), name=device)
+        predict(src, net, out, device=device, **opts)
+        labels.append(out[...])
+    # float32 on both: only near-ties of two logits may differ (reduction order, TF32)
+    assert np.mean(labels[0] != labels[1]) < 1e-3
+
+
+@needs_cuda
+def test_gpu_workers_hold_the_gpu_resource_and_run_on_cuda(tmp_path):
+    data = (np.random.default_rng(11).random((24, 24)) > 0.5).astype(np.uint8)
+    src, out = _arrays(tmp_path, data, (8, 8))
+    with _gpu_resource_client() as gpu_client:
+        devices = gpu_client.run(worker_device, "auto")
+        assert all(d.startswith("cuda:") for d in devices.values()), devices
+        predict(src, _identity_recipe(), out, patch=8, client=gpu_client)
+    np.testing.assert_array_equal(out[...], data)

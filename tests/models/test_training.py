@@ -193,11 +193,15 @@ def cell(tmp_path_factory) -> tuple[Path, np.ndarray, list[Path]]:
     return path, truth, files
 
 
-@pytest.fixture(scope="module")
-def trained(cell):
+def _image_and_labels(cell) -> tuple[da.Array, SparseLabels]:
     path, _, files = cell
     image = open_dataset(path).intensity.data
-    labels = open_label_tiffs(files, image_shape=image.shape, n_classes=5)
+    return image, open_label_tiffs(files, image_shape=image.shape, n_classes=5)
+
+
+@pytest.fixture(scope="module")
+def trained(cell):
+    image, labels = _image_and_labels(cell)
     # A budget of rounds (the learning rate anneals over it): the same schedule on a
     # slower or busier machine. 64 rounds take under 3 minutes on 2 CPU cores; the
     # wall-clock limit is only a guard, as the IoU is asserted, not the time.
@@ -450,3 +454,16 @@ def test_context_training_runs_and_drafts_use_the_neighbours(cell, tmp_path: Pat
     np.testing.assert_array_equal(got.labels.values[0], expected)
     with pytest.raises(LabelsError, match="'z', but the model was trained with context 1 along 'x'"):
         predict_drafts(path, weights, tmp_path / "d2.zarr", axis="z", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_returns_a_cpu_network_that_saves(cell, tmp_path: Path):
+    config = TrainingConfig(
+        classes=CLASSES, context=1, patch=32, steps_per_round=20, max_rounds=3, device="cuda"
+    )
+    result = train(*_image_and_labels(cell), config)
+    path = cell[0]
+    assert len(result.history) == 3
+    assert all(p.device.type == "cpu" for p in result.network.parameters())
+    weights, _ = save_result(result, tmp_path / "gpu.safetensors", provenance={"image": str(path)})
+    assert read_header(weights).classes == CLASSES
