@@ -72,6 +72,7 @@ def _train(cell: Path, files: list[Path], times: list[int], args: argparse.Names
         axis=2,
         preset=args.preset,
         context=args.context,
+        dice_weight=args.dice_weight,
         patch=32,
         steps_per_round=60,
         patience=10_000,  # the whole budget: the learning rate anneals over it
@@ -301,6 +302,9 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=600.0, help="accuracy: training limit in seconds")
     p.add_argument("--context", type=int, default=2, help="accuracy: neighbouring slices per side (2.5D)")
     p.add_argument("--preset", default="small", help="accuracy: ResidualUNet preset")
+    p.add_argument(
+        "--dice-weight", type=float, default=1.0, help="accuracy: Dice term of the loss (0: cross-entropy)"
+    )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="accuracy: training and inference"
     )
