@@ -306,8 +306,7 @@ def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, c
     try:
         out = stats._columns_kernel(
             [value_of[block]],
-            np.array([0]),
-            [np.array([plane])],
+            np.array([plane]),
             roles=roles,
             starts=(z0,),
             n_total=n_total,

@@ -177,7 +177,7 @@ def split_by_depth(arr: da.Array, roles: Mapping[str, int]) -> da.Array:
     Returns
     -------
     dask array of int of shape (T,)
-        The split planes (:func:`split_planes`), in one chunk.
+        The split planes (:func:`split_planes`), chunked as the time axis of ``arr``.
     """
     rows, cols = sample_blocks(arr.numblocks[2:])
     sub = arr.blocks[:, :, rows].blocks[:, :, :, cols]
@@ -188,18 +188,20 @@ def split_by_depth(arr: da.Array, roles: Mapping[str, int]) -> da.Array:
         chunks=(*sub.chunks[:2], (1,) * sub.numblocks[2], (1,) * sub.numblocks[3]),
         dtype=np.int64,
     )
-    # One small task on all the partials, in the array graph: its sampled chunks stay shared with
-    # the statistics pass (a delayed would embed a copy of their reads).
-    whole = per_chunk.rechunk(per_chunk.shape, method="tasks")  # "auto" would import distributed
+    # One small task per time chunk on its partials, in the array graph: its sampled chunks stay shared
+    # with the statistics pass (a delayed would embed a copy of their reads), and that time's columns
+    # wait for its own plane only.
+    per_time = per_chunk.rechunk((arr.chunks[0], *per_chunk.shape[1:]), method="tasks")
     area = sub.shape[2] * sub.shape[3]
-    return whole.map_blocks(
-        _planes_from_counts, area, drop_axis=(1, 2, 3), chunks=((arr.shape[0],),), dtype=int
+    return per_time.map_blocks(
+        _planes_from_counts, area, drop_axis=(1, 2, 3), chunks=(arr.chunks[0],), dtype=int
     )
 
 
-def _planes_from_counts(counts: np.ndarray, area: int) -> np.ndarray:
-    """Per-chunk electrode voxels per slice (T, N, rows, cols) of the sample → the planes (T,)."""
-    return split_planes(counts.sum(axis=(2, 3)) / area)
+def _planes_from_counts(counts: np.ndarray, area: int, block_info: dict | None = None) -> np.ndarray:
+    """Per-chunk electrode voxels per slice (t, N, rows, cols) of the sample → the planes (t,)."""
+    first = block_info[0]["array-location"][0][0] if block_info else 0
+    return split_planes(counts.sum(axis=(2, 3)) / area, first_timestep=first)
 
 
 def _slice_counts(block: np.ndarray, value: np.uint8) -> np.ndarray:
@@ -220,19 +222,28 @@ def _slice_counts(block: np.ndarray, value: np.uint8) -> np.ndarray:
     return out
 
 
-def split_planes(electrode_fraction: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+def split_planes(
+    electrode_fraction: np.ndarray, *, threshold: float = 0.5, first_timestep: int = 0
+) -> np.ndarray:
     """Index of the first plane past the middle of the gap, per timestep.
 
     Parameters
     ----------
     electrode_fraction : ndarray of shape (T, N)
+    threshold : float, keyword-only
+        Electrode fraction below which a slice belongs to the gap.
+    first_timestep : int, keyword-only
+        Index of the first row's timestep, for the error message.
 
     Returns
     -------
     ndarray of int of shape (T,)
         ``p``: slices ``< p`` lie on the low side, ``>= p`` on the high side.
     """
-    return np.array([_gap_middle(row, threshold, t) for t, row in enumerate(electrode_fraction)], dtype=int)
+    return np.array(
+        [_gap_middle(row, threshold, first_timestep + t) for t, row in enumerate(electrode_fraction)],
+        dtype=int,
+    )
 
 
 def _gap_middle(row: np.ndarray, threshold: float, t: int) -> int:

@@ -189,11 +189,9 @@ def _column_partials(arr: da.Array, planes: np.ndarray | da.Array, roles: Mappin
             "tcab",
             arr[:, edges[a] : edges[b]],
             "tzab",
-            da.arange(arr.shape[0], chunks=(arr.chunks[0],)),
-            "t",
             # Indexed, not passed whole (None), which would embed a copy of its graph, sample reads included.
-            da.asarray(planes).rechunk(-1),
-            "u",
+            da.asarray(planes).rechunk((arr.chunks[0],)),
+            "t",
             new_axes={"c": _N_OUT},
             concatenate=False,
             dtype=dtype,
@@ -267,8 +265,7 @@ def _split_columns(columns, n_total: int, side: str):
 
 def _columns_kernel(
     blocks: list[np.ndarray],
-    times: np.ndarray,
-    planes: list[np.ndarray],
+    planes: np.ndarray,
     *,
     roles: Mapping[str, int],
     starts: tuple[int, ...],
@@ -276,17 +273,16 @@ def _columns_kernel(
 ) -> np.ndarray:
     """The chunks (t, n_i, a, b) of one chunk column, starting at ``starts`` → (t, 8, a, b).
 
-    ``planes`` holds the one block of :func:`~operando.analysis.ct.regions.split_by_depth`.
+    ``planes`` (t,) is the block of :func:`~operando.analysis.ct.regions.split_by_depth` of these times.
 
     Per column: the :data:`_COUNTED` counts, low face + 1 and n_total − high face
     (0: none), so that each face is the maximum over the chunks.
     """
-    (planes,) = planes
     tables = {"pack": np.array([roles[r] for r in _PACKED], np.uint8), **_SIDE_PLANES}
     out = np.zeros((blocks[0].shape[0], _N_OUT, *blocks[0].shape[2:]), _partial_dtype(n_total))
     for block, z0 in zip(blocks, starts, strict=True):
         for i, volume in enumerate(block):
-            cut = int(np.clip(planes[times[i]] - z0, 0, volume.shape[0]))
+            cut = int(np.clip(planes[i] - z0, 0, volume.shape[0]))
             if cut > 0:
                 _side_columns(volume[:cut], out[i], tables, low=True, first=z0, n_total=n_total)
             if cut < volume.shape[0]:
@@ -430,7 +426,7 @@ def _assemble(
     um = {"units": "µm"}
     maps = _class_maps(counts, voxel, labels.sizes[normal], pairs)
     edges = _edges_um(labels, faces, normal, voxel, side)
-    edge_mean = _nanmean_plane(edges)
+    edge_mean = _edge_means_um(labels, faces, normal, voxel, side)
     ts, tsc, tsy = ("time", "side"), ("time", "class"), ("time", "side", *plane_dims)
     tcy = ("time", "class", *plane_dims)
     stripping, plating = SIDES.index("stripping"), SIDES.index("plating")
@@ -502,20 +498,6 @@ def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
     return np.multiply(counts, np.float32(factor), dtype=np.float32)
 
 
-def _planewise(a, fn):
-    """``fn(a).astype(np.float32)`` for a numpy or dask array ``a`` (..., A, B), one (A, B) plane at a time.
-
-    The float64 temporaries then stay one plane big (and in cache) instead of the size
-    of the whole maps; the values are the same.
-    """
-    if isinstance(a, da.Array):
-        return a.map_blocks(_planewise, fn, dtype=np.float32)
-    out = np.empty(a.shape, np.float32)
-    for index in np.ndindex(a.shape[:-2]):
-        out[index] = fn(a[index])
-    return out
-
-
 def _pearson(a, b):
     """Pearson r over the plane of two maps (T, A, B), as ``xarray.corr`` (NaN for a constant map)."""
     if isinstance(a, da.Array):
@@ -531,23 +513,41 @@ def _pearson_plane(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.vdot(a, b) / np.sqrt(np.vdot(a, a) * np.vdot(b, b)))
 
 
-def _nanmean_plane(edges):
-    """Mean over the plane (T, S, A, B) → (T, S) of the columns that have a face (NaN if none)."""
-    xp = da if isinstance(edges, da.Array) else np
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-        return xp.nanmean(edges, axis=(2, 3))
-
-
 def _edges_um(labels, faces, normal, voxel, side):
-    """Face positions (T, side, A, B) in µm along the normal, NaN where a column has none."""
-    n0 = float(labels[normal].values[0])
-    n_total = labels.sizes[normal]
+    """Face positions (T, side, A, B) in µm along the normal, NaN where a column has none.
+
+    Lazy plane views of the faces, as the thickness maps: float32 copies of them would
+    be made on every call, 8× the uint16 faces' memory.
+    """
+    n0, n_total = float(labels[normal].values[0]), labels.sizes[normal]
+    planes = (
+        faces.rechunk({1: 1})
+        if isinstance(faces, da.Array)
+        else da.from_array(faces, chunks=(1, 1, *faces.shape[2:]), name=False)
+    )
+    um = planes.map_blocks(_face_um, n0, n_total, voxel, dtype=np.float32)
+    return um if side == "high" else um[:, ::-1]  # (stripping, plating): the plating side is the high one
+
+
+def _face_um(faces: np.ndarray, n0: float, n_total: int, voxel: float, block_id=None) -> np.ndarray:
+    """Face codes of one side (t, 1, A, B) → µm; the side (low 0, high 1) is the block's index on axis 1."""
+    f = faces.astype(np.float64)
+    # low face: slice f - 1; high face: slice n_total - f; 0 marks none (f - 1 wraps there, masked)
+    position = n_total - f if block_id[1] == 1 else f - 1
+    return np.where(faces > 0, n0 + position * voxel, np.nan).astype(np.float32)
+
+
+def _edge_means_um(labels, faces, normal, voxel, side):
+    """Mean face position (T, side) over the columns that have one (NaN if none), exact from the codes."""
+    n0, n_total = float(labels[normal].values[0]), labels.sizes[normal]
     xp = da if isinstance(faces, da.Array) else np
-    # 0 marks no face; (f - 1) may wrap around there (unsigned partials) but is masked.
-    low = _planewise(faces[:, 0], lambda f: np.where(f > 0, n0 + (f - 1) * voxel, np.nan))
-    high = _planewise(faces[:, 1], lambda f: np.where(f > 0, n0 + (n_total - f) * voxel, np.nan))
-    return xp.stack([low, high] if side == "high" else [high, low], axis=1)
+    count = xp.count_nonzero(faces, axis=(2, 3))
+    total = faces.sum(axis=(2, 3), dtype=np.int64)
+    # sum of (f - 1) over the low faces, of (n_total - f) over the high ones; codes of 0 add nothing
+    slices = xp.stack([total[:, 0] - count[:, 0], n_total * count[:, 1] - total[:, 1]], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = n0 + voxel * slices / count
+    return mean if side == "high" else mean[:, ::-1]
 
 
 def write_stats(ds: xr.Dataset, out_dir: str | Path, *, overwrite: bool = False) -> Path:
