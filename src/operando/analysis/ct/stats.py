@@ -489,9 +489,18 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
         "sides": xp.stack(sides, axis=1),
         "tmap": planes.map_blocks(_scaled, voxel, dtype=np.float32),
         "density": planes.map_blocks(_scaled, 1.0 / n_total, dtype=np.float32),
-        "area": xp.count_nonzero(counts, axis=(2, 3)) / float(np.prod(counts.shape[2:])),
+        "area": _nonzero_planes(counts) / float(np.prod(counts.shape[2:])),
         "coloc": xp.stack(coloc, axis=1) if coloc else np.zeros((counts.shape[0], 0)),
     }
+
+
+def _nonzero_planes(counts):
+    """Non-zero columns per plane (T, C, A, B) → (T, C)."""
+    if isinstance(counts, da.Array):
+        return da.count_nonzero(counts, axis=(2, 3))
+    # plane by plane: count_nonzero over a whole array takes numpy's fast path, over axes it does not (6×)
+    flat = counts.reshape(-1, counts.shape[2] * counts.shape[3])
+    return np.array([np.count_nonzero(plane) for plane in flat]).reshape(counts.shape[:2])
 
 
 def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
