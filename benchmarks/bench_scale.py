@@ -219,7 +219,10 @@ def report(runs: list[dict], args: argparse.Namespace, device: str) -> tuple[str
         f"**time per voxel, largest / smallest = {ratio:.2f}** (1.00 is linear; {top['voxels_per_s'] / 1e6:.2f} "
         f"Mvoxel/s end to end at {largest['voxels']:.3g} voxels). Registration converged on "
         + ", ".join(f"{r['converged']}/{r['shape'][0]}" for r in runs)
-        + " timesteps.",
+        + " timesteps: the boxes are spread over the evolving cell, not placed on its static electrode, so"
+        " boxes over moving Li or the featureless gap fail to converge, and those that do disagree. The"
+        " failure is reported and the timestep resampled anyway (the cost is the same); registration"
+        " accuracy is measured in `register.md`.",
         "",
         f"## Projection: the second paper's data ({PAPER_VOLUMES} volumes × {PAPER_VOXELS:.3g} voxels = "
         f"{proj['voxels']:.3g} voxels, {proj['voxels'] * 4 / 1e12:.1f} TB as float32)",
