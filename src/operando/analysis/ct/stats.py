@@ -425,8 +425,9 @@ def _assemble(
     }
     um = {"units": "µm"}
     maps = _class_maps(counts, voxel, labels.sizes[normal], pairs)
-    edges = _edges_um(labels, faces, normal, voxel, side)
-    edge_mean = _edge_means_um(labels, faces, normal, voxel, side)
+    axis = (float(labels[normal].values[0]), labels.sizes[normal], voxel)  # first slice (µm), slices, step
+    edges = _edges_um(faces, axis, side)
+    edge_mean = _edge_means_um(faces, axis, side)
     ts, tsc, tsy = ("time", "side"), ("time", "class"), ("time", "side", *plane_dims)
     tcy = ("time", "class", *plane_dims)
     stripping, plating = SIDES.index("stripping"), SIDES.index("plating")
@@ -522,19 +523,19 @@ def _pearson_plane(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.vdot(a, b) / np.sqrt(np.vdot(a, a) * np.vdot(b, b)))
 
 
-def _edges_um(labels, faces, normal, voxel, side):
+def _edges_um(faces, axis: tuple[float, int, float], side: str):
     """Face positions (T, side, A, B) in µm along the normal, NaN where a column has none.
 
+    ``axis`` is (first slice position in µm, slices along the normal, voxel size in µm).
     Lazy plane views of the faces, as the thickness maps: float32 copies of them would
     be made on every call, 8× the uint16 faces' memory.
     """
-    n0, n_total = float(labels[normal].values[0]), labels.sizes[normal]
     planes = (
         faces.rechunk({1: 1})
         if isinstance(faces, da.Array)
         else da.from_array(faces, chunks=(1, 1, *faces.shape[2:]), name=False)
     )
-    um = planes.map_blocks(_face_um, n0, n_total, voxel, dtype=np.float32)
+    um = planes.map_blocks(_face_um, *axis, dtype=np.float32)
     return um if side == "high" else um[:, ::-1]  # (stripping, plating): the plating side is the high one
 
 
@@ -546,9 +547,9 @@ def _face_um(faces: np.ndarray, n0: float, n_total: int, voxel: float, block_id=
     return np.where(faces > 0, n0 + position * voxel, np.nan).astype(np.float32)
 
 
-def _edge_means_um(labels, faces, normal, voxel, side):
+def _edge_means_um(faces, axis: tuple[float, int, float], side: str):
     """Mean face position (T, side) over the columns that have one (NaN if none), exact from the codes."""
-    n0, n_total = float(labels[normal].values[0]), labels.sizes[normal]
+    n0, n_total, voxel = axis
     xp = da if isinstance(faces, da.Array) else np
     count = xp.count_nonzero(faces, axis=(2, 3))
     total = faces.sum(axis=(2, 3), dtype=np.int64)
