@@ -73,7 +73,8 @@ def _train(cell: Path, files: list[Path], times: list[int], args: argparse.Names
         preset=args.preset,
         context=args.context,
         dice_weight=args.dice_weight,
-        patch=32,
+        boundary_weight=args.boundary_weight,
+        patch=args.train_patch,
         steps_per_round=60,
         patience=10_000,  # the whole budget: the learning rate anneals over it
         time_limit_s=args.time_limit,
@@ -304,6 +305,15 @@ def main() -> None:
     p.add_argument("--preset", default="small", help="accuracy: ResidualUNet preset")
     p.add_argument(
         "--dice-weight", type=float, default=1.0, help="accuracy: Dice term of the loss (0: cross-entropy)"
+    )
+    p.add_argument(
+        "--train-patch", type=int, default=32, help="accuracy: training (and inference) patch edge"
+    )
+    p.add_argument(
+        "--boundary-weight",
+        type=float,
+        default=0.0,
+        help="accuracy: extra cross-entropy weight of voxels at a class boundary",
     )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="accuracy: training and inference"

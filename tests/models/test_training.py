@@ -21,6 +21,7 @@ from operando.models.normalization import Normalized
 from operando.models.sampling import PatchSource, augment, split_slices
 from operando.models.training import (
     TrainingConfig,
+    class_boundaries,
     masked_cross_entropy,
     masked_dice_loss,
     save_result,
@@ -103,6 +104,30 @@ def test_a_batch_without_labels_gives_zero_loss_and_gradient_not_nan():
     loss = masked_cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long))
     (grad,) = torch.autograd.grad(loss, logits)
     assert loss.item() == 0.0 and torch.all(grad == 0)
+
+
+def test_class_boundaries_are_the_voxels_beside_another_labelled_class():
+    labels = torch.zeros(1, 6, 7, dtype=torch.long)
+    labels[0, :, :3] = 1
+    labels[0, :, 3:6] = 2  # column 6 unlabelled: no boundary beside it
+    got = class_boundaries(labels)[0]
+    want = torch.zeros(6, 7, dtype=torch.bool)
+    want[:, 2:4] = True
+    assert torch.equal(got, want)
+    cube = torch.ones(1, 5, 5, 5, dtype=torch.long)
+    cube[0, 2, 2, 2] = 3
+    assert int(class_boundaries(cube).sum()) == 27  # the odd voxel and its 26 neighbours
+
+
+def test_boundary_weight_is_a_weighted_mean_that_zero_turns_off():
+    labels = _labels((2, 8, 8), 3)
+    logits = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    plain = masked_cross_entropy(logits, labels)
+    assert masked_cross_entropy(logits, labels, boundary_weight=0.0).item() == plain.item()
+    per_voxel = torch.nn.functional.cross_entropy(logits, labels - 1, ignore_index=-1, reduction="none")
+    w = (1 + 3 * class_boundaries(labels).double()) * (labels > 0)
+    want = (per_voxel * w).sum() / w.sum()
+    torch.testing.assert_close(masked_cross_entropy(logits, labels, boundary_weight=3.0), want)
 
 
 # --------------------------------------------------------------------------- sampling

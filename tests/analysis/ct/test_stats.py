@@ -284,35 +284,27 @@ def test_write_stats(phantom, tmp_path):
     seed=st.integers(0, 2**16),
     alphabet=st.sampled_from([(0, 1, 1, 2, 3, 4), (0, 1), (1,), (0,), (4,), (0, 4), (2, 3), (1, 4)]),
     shuffle_values=st.booleans(),  # roles on other label values than 0-4 in order
-    depth=st.sampled_from([1, 3, 17, 300]),  # 300 > 255: the uint8 partial counts must roll over
+    depth=st.sampled_from([1, 3, 17, 300]),  # 300: runs longer than a uint8 holds
     z0=st.integers(0, 40),
     cut=st.integers(-2, 310),
-    sub_slab_bytes=st.sampled_from([12, 60, 2**20]),  # 1, 5 or up to 255 slices of 3 × 4
-    layered=st.booleans(),  # runs of equal slices, as layers along the normal: counted once, weighted
+    width=st.sampled_from([(1, 5), (3, 4), (4, 4), (5, 7)]),  # columns: tail only, word + tail, 2 words, …
+    layered=st.booleans(),  # runs of equal slices, as layers along the normal
 )
-def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, cut, sub_slab_bytes, layered):
-    """The per-chunk kernel (uint8 sub-slab masks, shortcuts) against the numpy oracle, plane anywhere."""
+def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, cut, width, layered):
+    """The per-chunk kernel (runs found eight columns at a time) against the numpy oracle, plane anywhere."""
     rng = np.random.default_rng(seed)
-    block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, 3, 4))
+    block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, *width))
     if layered:  # each slice repeated a random number of times, in order
         block = block[:, np.sort(rng.integers(0, max(1, depth // 4), depth))]
     n_total = z0 + depth + 5
-    volume = np.zeros((1, n_total, 3, 4), np.uint8)
+    volume = np.zeros((1, n_total, *width), np.uint8)
     volume[:, z0 : z0 + depth] = block
     plane = z0 + cut
     value_of = rng.permutation(5).astype(np.uint8) if shuffle_values else np.arange(5, dtype=np.uint8)
     roles = dict(zip(ROLES, value_of.tolist(), strict=True))
-    old, stats._SUB_SLAB_BYTES = stats._SUB_SLAB_BYTES, sub_slab_bytes
-    try:
-        out = stats._columns_kernel(
-            [value_of[block]],
-            np.array([plane]),
-            roles=roles,
-            starts=(z0,),
-            n_total=n_total,
-        )[:, None]
-    finally:
-        stats._SUB_SLAB_BYTES = old
+    out = stats._columns_kernel(
+        [value_of[block]], np.array([plane]), roles=roles, starts=(z0,), n_total=n_total
+    )[:, None]
     counts, faces = _oracle(volume, [int(np.clip(plane, 0, n_total))])
     # The oracle names the low side stripping; the kernel counts by side (background is the rest).
     low_high = [SPLIT_CLASSES.index(c) for c in ("stripping_electrode", "plating_electrode")]

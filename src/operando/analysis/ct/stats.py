@@ -9,12 +9,10 @@ once they are reduced. The split plane comes from a sample of the chunk columns
 (:func:`~operando.analysis.ct.regions.split_by_depth`) in the same graph: the
 column tasks wait for it, and every chunk is read once.
 
-The per-chunk kernel (``benchmarks/results/stats.md``) relies on the layers along
-the normal: one word-wise comparison of each slice with the next finds the runs
-of identical slices, and only the first slice of each run is masked and counted,
-weighted by the run's length. It skips the label values outside the runs'
-[min, max], sums bool masks as uint8 in sub-slabs of ~1 MiB, and finds both faces
-from the same masks with one weighted max instead of a slice-by-slice scan.
+The per-chunk kernel (:mod:`operando.analysis.ct._runs`, numba) relies on the
+layers along the normal: it compares each slice with the one before, eight voxels
+at a time, and works only where a column changes label, closing a run (its length
+added to its class and side, the face moved). One memory pass per chunk.
 
 Thickness of the sides follows the paper's Fig. 3c: the stripping side is the
 stripping electrode plus redeposited Li, the plating side the plating electrode
@@ -37,6 +35,7 @@ import numpy as np
 import xarray as xr
 
 from operando.analysis.ct import regions
+from operando.analysis.ct._runs import NOT_COUNTED, add_side_runs
 from operando.analysis.ct.regions import SIDES, SPLIT_CLASSES
 from operando.errors import ClassNameError, ConfigError, VoxelSizeError
 from operando.io.layout import label_classes
@@ -51,8 +50,6 @@ _SIDE_PLANES = {"low": np.array([0, 2, 4, 5]), "high": np.array([1, 3, 4, 5])}  
 #: ``SPLIT_CLASSES[1:]`` from the counted planes, by plating side.
 _CLASS_PLANES = {"high": [0, 1, 3, 2, 4, 5], "low": [1, 0, 2, 3, 4, 5]}
 _N_OUT = len(_COUNTED) + 2
-_U8_SLICES = 255  # slices per uint8 partial count
-_SUB_SLAB_BYTES = 2**20  # sub-slab masks stay cache-sized
 _COLUMN_TASK_BYTES = 512 * 2**20  # labels one task holds at once: a chunk column, or part of a tall one
 _LOW_HIGH = ("low", "high")
 _SIDE_CLASSES = (("stripping_electrode", "redeposited_li"), ("plating_electrode", "deposited_li"))
@@ -278,127 +275,34 @@ def _columns_kernel(
     Per column: the :data:`_COUNTED` counts, low face + 1 and n_total − high face
     (0: none), so that each face is the maximum over the chunks.
     """
-    tables = {"pack": np.array([roles[r] for r in _PACKED], np.uint8), **_SIDE_PLANES}
+    tables = _side_tables(roles)
     out = np.zeros((blocks[0].shape[0], _N_OUT, *blocks[0].shape[2:]), _partial_dtype(n_total))
     for block, z0 in zip(blocks, starts, strict=True):
         for i, volume in enumerate(block):
             cut = int(np.clip(planes[i] - z0, 0, volume.shape[0]))
-            if cut > 0:
-                _side_columns(volume[:cut], out[i], tables, low=True, first=z0, n_total=n_total)
-            if cut < volume.shape[0]:
-                _side_columns(volume[cut:], out[i], tables, low=False, first=z0 + cut, n_total=n_total)
+            for side, slab, first in (("low", volume[:cut], z0), ("high", volume[cut:], z0 + cut)):
+                add_side_runs(
+                    slab,
+                    tables[side],
+                    tables["faces"],
+                    out[i],
+                    first=first,
+                    n_total=n_total,
+                    low=side == "low",
+                )
     return out
 
 
-def _side_columns(
-    slab: np.ndarray, out: np.ndarray, tables: dict, *, low: bool, first: int, n_total: int
-) -> None:
-    """Add the column counts of a one-sided slab (n, a, b) to ``out`` (8, a, b) and set its face."""
-    face = _slab_columns(slab, tables["pack"], [out[p] for p in tables["low" if low else "high"]], top=low)
-    # Encoded so that the outermost face over the column's chunks is the maximum.
-    if low:
-        np.maximum(out[-2], np.where(face >= 0, face + first + 1, 0), out=out[-2], casting="unsafe")
-    else:
-        np.maximum(out[-1], np.where(face >= 0, n_total - (face + first), 0), out=out[-1], casting="unsafe")
-
-
-def _slab_columns(slab: np.ndarray, values: np.ndarray, counts: list[np.ndarray], *, top: bool) -> np.ndarray:
-    """Add the counts of the packed roles ``values`` along axis 0 to ``counts``; the face index (a, b).
-
-    The face is the highest (``top``) or lowest slice holding the first or the last
-    value of ``values`` (electrode, pit), −1 where a column has none. The slab is
-    read in sub-slabs of about 1 MiB so that the masks stay in cache; within one,
-    runs of identical slices (layers along the normal) are counted once, weighted.
-    """
-    face = np.full(slab.shape[1:], -1, np.int32)
-    step = int(np.clip(_SUB_SLAB_BYTES // max(1, slab[0].size), 1, _U8_SLICES))
-    scratch = np.empty((3, min(step, slab.shape[0]), *slab.shape[1:]), np.uint8)
-    acc = np.empty(slab.shape[1:], np.uint8)
-    for z in range(0, slab.shape[0], step):
-        rows, ends = _distinct_rows(slab[z : z + step])
-        masks = scratch[:, : rows.shape[0]]
-        face_mask = _sub_slab_counts(rows, ends, values, counts, masks, acc)
-        if face_mask is not None:
-            face = _outermost(face_mask, z, ends, face, masks[2], top=top)
-    return face
-
-
-def _distinct_rows(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Slices of ``part`` (k, a, b) that differ from the one before, and where each run of them ends.
-
-    Label columns are piecewise constant along the normal, so a sub-slab of 64
-    slices holds a handful of distinct ones: the masks below then cost a few slices,
-    not 64. One word-wise comparison of each slice with the next finds them.
-
-    Returns
-    -------
-    rows : ndarray (r, a, b)
-        ``part`` itself when most slices differ (no copy), else the first slice of each run.
-    ends : ndarray of uint8 (r,)
-        End (exclusive) of each run within ``part``, so ``ends[-1] == k`` (k ≤ 255).
-    """
-    k = part.shape[0]
-    flat = part.reshape(k, -1)
-    words = _as_words(flat)
-    starts = np.flatnonzero(np.concatenate([[True], (words[1:] != words[:-1]).any(axis=1)]))
-    if 2 * starts.size > k:  # mostly distinct (random labels): a copy would cost more than it saves
-        return part, np.arange(1, k + 1, dtype=np.uint8)
-    return part[starts], np.append(starts[1:], k).astype(np.uint8)
-
-
-def _as_words(flat: np.ndarray) -> np.ndarray:
-    """``flat`` (k, m) uint8 viewed as the widest unsigned words that divide a row (8× fewer compares)."""
-    if flat.flags.c_contiguous:
-        for dtype in (np.uint64, np.uint32, np.uint16):
-            if flat.shape[1] % np.dtype(dtype).itemsize == 0:
-                return flat.view(dtype)
-    return flat
-
-
-def _sub_slab_counts(
-    rows: np.ndarray,
-    ends: np.ndarray,
-    values: np.ndarray,
-    counts: list[np.ndarray],
-    masks: np.ndarray,
-    acc: np.ndarray,
-) -> np.ndarray | None:
-    """Add the counts of the runs ``rows`` (r, a, b) ending at ``ends`` to ``counts``; the face mask, or None.
-
-    ``masks`` (3, r, a, b) uint8 is scratch: the face mask, a class mask, and the weighted mask.
-    """
-    faces, scratch, weighted = masks
-    lengths = np.diff(ends, prepend=np.uint8(0))[:, None, None]  # run lengths, ≤ 255
-    lo, hi = int(rows.min()), int(rows.max())
-    face_mask = None
-    # A value outside [min, max] is absent: most sub-slabs hold one to three classes.
-    for i in (i for i, value in enumerate(values) if lo <= value <= hi):
-        if hi == 1 and values[i] == 1:  # labels of only 0 and 1 are their own mask
-            target = rows.view(np.uint8)
-        else:
-            is_face = i == 0 or (i == len(values) - 1 and face_mask is None)
-            target = np.equal(rows, values[i], out=(faces if is_face else scratch).view(bool)).view(np.uint8)
-        # Weighted by run length; a sum of ≤ 255 slices cannot overflow uint8 and stays in SIMD lanes.
-        term = target if rows.shape[0] == ends[-1] else np.multiply(target, lengths, out=weighted)
-        counts[i] += np.add.reduce(term, axis=0, out=acc)
-        if i in (0, len(values) - 1):
-            face_mask = target if face_mask is None else np.bitwise_or(face_mask, target, out=faces)
-    return face_mask
-
-
-def _outermost(
-    faces: np.ndarray, z: int, ends: np.ndarray, face: np.ndarray, scratch: np.ndarray, *, top: bool
-) -> np.ndarray:
-    """Update ``face`` (a, b) with the face runs ``faces`` (r, a, b) of the sub-slab at ``z`` ending at ``ends``."""
-    k = int(ends[-1])
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.uint8)
-    # One weighted max finds the outermost face run: its last slice (top), or its first.
-    weights = ends if top else (k - starts).astype(np.uint8)
-    weighted = np.multiply(faces, weights[:, None, None], out=scratch)
-    best = np.maximum.reduce(weighted, axis=0).astype(np.int32)  # 0: no face in this sub-slab
-    if top:  # later sub-slabs lie higher
-        return np.where(best > 0, z + best - 1, face)
-    return np.where((best > 0) & (face < 0), z + k - best, face)
+def _side_tables(roles: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Label value → count plane of each side (``low``/``high``), and the face values, as 256-entry tables."""
+    tables = {}
+    for side, planes in _SIDE_PLANES.items():
+        table = np.full(256, NOT_COUNTED, np.int64)
+        table[[roles[r] for r in _PACKED]] = planes
+        tables[side] = table
+    faces = np.zeros(256, bool)
+    faces[[roles["electrode"], roles["pit"]]] = True
+    return {**tables, "faces": faces}
 
 
 def _assemble(
@@ -482,7 +386,7 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     planes = counts if isinstance(counts, da.Array) else da.from_array(counts, chunks=plane, name=False)
     xp = da if isinstance(counts, da.Array) else np
     # Pearson r is scale-free: the counts give the thickness maps' r without the µm copies.
-    coloc = [_pearson(counts[:, index(a)], counts[:, index(b)]) for a, b in pairs]
+    coloc = _pearson_pairs(counts, [(index(a), index(b)) for a, b in pairs])
     return {
         "voxels": voxels,
         "volume": volume,
@@ -491,7 +395,7 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
         "tmap": planes.map_blocks(_scaled, voxel, dtype=np.float32),
         "density": planes.map_blocks(_scaled, 1.0 / n_total, dtype=np.float32),
         "area": _nonzero_planes(counts) / float(np.prod(counts.shape[2:])),
-        "coloc": xp.stack(coloc, axis=1) if coloc else np.zeros((counts.shape[0], 0)),
+        "coloc": coloc,
     }
 
 
@@ -508,19 +412,29 @@ def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
     return np.multiply(counts, np.float32(factor), dtype=np.float32)
 
 
-def _pearson(a, b):
-    """Pearson r over the plane of two maps (T, A, B), as ``xarray.corr`` (NaN for a constant map)."""
-    if isinstance(a, da.Array):
-        return da.map_blocks(_pearson, a.rechunk((1, -1, -1)), b.rechunk((1, -1, -1)), drop_axis=(1, 2))
-    return np.array([_pearson_plane(x, y) for x, y in zip(a, b, strict=True)])
+def _pearson_pairs(counts, pairs: Sequence[tuple[int, int]]):
+    """Pearson r over the plane of class maps ``pairs`` of counts (T, C, A, B) → (T, P), as ``xarray.corr``.
+
+    NaN for a constant map. Each class plane is centred once per time, in float64
+    (one plane of temporaries at a time, not the whole series).
+    """
+    if isinstance(counts, da.Array):
+        planes = counts.rechunk((1, -1, -1, -1))
+        return planes.map_blocks(_pearson_pairs, pairs, drop_axis=(2, 3), chunks=(1, len(pairs)), dtype=float)
+    out = np.empty((counts.shape[0], len(pairs)))
+    for t, maps in enumerate(counts):
+        centred = {c: _centred(maps[c]) for c in sorted({c for pair in pairs for c in pair})}
+        for k, (a, b) in enumerate(pairs):
+            x, y = centred[a], centred[b]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[t, k] = np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return out
 
 
-def _pearson_plane(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two (A, B) maps, with float64 temporaries of one plane (not of the whole series)."""
-    a = a - a.mean(dtype=np.float64)
-    b = b - b.mean(dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.vdot(a, b) / np.sqrt(np.vdot(a, a) * np.vdot(b, b)))
+def _centred(plane: np.ndarray) -> np.ndarray:
+    flat = plane.ravel().astype(np.float64)
+    flat -= flat.mean()
+    return flat
 
 
 def _edges_um(faces, axis: tuple[float, int, float], side: str):
