@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from operando.analysis.ct import stats
 from operando.analysis.ct.regions import ROLES, SPLIT_CLASSES
 from operando.analysis.ct.stats import cell_statistics, write_stats
-from operando.errors import AxisError, ClassNameError, ConfigError, CropError, OutputExistsError
+from operando.errors import (
+    AxisError,
+    ClassNameError,
+    ConfigError,
+    CropError,
+    OutputExistsError,
+    UnsupportedDtypeError,
+)
 from operando.io.layout import label_attrs
 from operando.synth.ct import make_ct
 
@@ -126,6 +133,8 @@ def test_bad_input_errors(phantom):
         cell_statistics(labels, plating_side="up")
     with pytest.raises(ConfigError, match=r"'auto' is known only after the pass.*plating_side='high'"):
         cell_statistics(labels, compute=False)
+    with pytest.raises(UnsupportedDtypeError, match=r"data type uint16: .*uint8.*astype\('uint8'\)"):
+        cell_statistics(labels.astype(np.uint16))
 
 
 def _layered(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:

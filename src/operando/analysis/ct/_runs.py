@@ -49,6 +49,11 @@ def add_side_runs(
         The slab lies below the split plane: its face is the highest face voxel
         (towards the gap), else the lowest.
     """
+    if slab.dtype != np.uint8 or planes.shape != (256,) or faces.shape != (256,):
+        # The compiled loop indexes the tables by label value without bounds checks.
+        raise ValueError(
+            f"uint8 labels and 256-entry tables needed, got {slab.dtype}, {planes.shape}, {faces.shape}"
+        )
     if slab.shape[0] == 0:
         return
     flat = np.ascontiguousarray(slab).reshape(slab.shape[0], -1)

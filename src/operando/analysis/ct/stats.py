@@ -37,7 +37,7 @@ import xarray as xr
 from operando.analysis.ct import regions
 from operando.analysis.ct._runs import NOT_COUNTED, add_side_runs
 from operando.analysis.ct.regions import SIDES, SPLIT_CLASSES
-from operando.errors import ClassNameError, ConfigError, VoxelSizeError
+from operando.errors import ClassNameError, ConfigError, UnsupportedDtypeError, VoxelSizeError
 from operando.io.layout import label_classes
 from operando.io.store import mark_complete
 
@@ -107,6 +107,13 @@ def cell_statistics(
     """
     normal = regions.resolve_normal(labels.dims, normal_axis, labels.attrs)
     roles = regions.resolve_roles(label_classes(labels), class_names)
+    if labels.dtype != np.uint8:  # the chunk kernel looks class values up in 256-entry tables
+        raise UnsupportedDtypeError(
+            labels.name or "labels",
+            f"data type {labels.dtype}: the statistics count uint8 class values (0-255)",
+            remedy="Cast with labels.astype('uint8') once every value is known to be below 256; "
+            "`operando ct segment` writes uint8.",
+        )
     _check_pairs(colocalize)
     voxel = _voxel_size(labels, normal, voxel_size_um)
     labels = labels.isel(regions.parse_crop(crop, labels.sizes))
