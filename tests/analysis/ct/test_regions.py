@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operando.analysis.ct import regions
@@ -96,3 +96,21 @@ def test_sample_blocks_never_reads_much_more_than_its_share(ny, nx):
     rows, cols = regions.sample_blocks((ny, nx))
     assert rows and cols and rows[-1] < ny and cols[-1] < nx
     assert len(rows) * len(cols) <= max(1, 2 * ny * nx / 16 + 2 * (ny + nx) / 4)
+
+
+@settings(deadline=None)  # the first example compiles the numba kernel
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.sampled_from([(1, 1, 1), (5, 1, 7), (9, 3, 4), (40, 4, 6)]),  # tail only, words + tail, …
+    value=st.integers(0, 3),
+    layered=st.booleans(),
+)
+def test_slice_counts_match_numpy(seed, shape, value, layered):
+    """The sample's kernel (runs, eight columns per compare) against a plain per-slice count."""
+    rng = np.random.default_rng(seed)
+    chunk = rng.integers(0, 4, shape, dtype=np.uint8)
+    if layered:  # runs of equal slices, as layers along the normal
+        chunk = chunk[np.sort(rng.integers(0, max(1, shape[0] // 3), shape[0]))]
+    block = chunk[None]
+    got = regions._slice_counts(block, np.uint8(value))
+    np.testing.assert_array_equal(got[0, :, 0, 0], (chunk == value).sum(axis=(1, 2)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["add_side_runs"]
+__all__ = ["add_side_runs", "slice_counts"]
 
 #: Label value → nothing to count (background, unknown values).
 NOT_COUNTED = -1
@@ -56,48 +56,91 @@ def add_side_runs(
         )
     if slab.shape[0] == 0:
         return
-    flat = np.ascontiguousarray(slab).reshape(slab.shape[0], -1)
-    words = flat[:, : flat.shape[1] // 8 * 8].view(np.uint64)  # (N, 0) under 8 columns: all tail
+    flat, words = _flat_words(slab)
     counts = out.reshape(out.shape[0], -1)
     if not np.shares_memory(counts, out):
         raise ValueError("out must be C-contiguous: the kernel updates it in place")
     _runs(flat, words, planes, faces, counts, first, n_total, low)
 
 
+def slice_counts(chunk: np.ndarray, value: int) -> np.ndarray:
+    """Voxels equal to ``value`` per slice of a chunk (N, A, B) of uint8 labels → ndarray of int64 of shape (N,)."""
+    if chunk.dtype != np.uint8:
+        raise ValueError(f"uint8 labels needed, got {chunk.dtype}")
+    per_slice = np.zeros(chunk.shape[0] + 1, np.int64)
+    if chunk.shape[0]:
+        _value_runs(*_flat_words(chunk), value, per_slice)
+    return np.cumsum(per_slice[:-1])
+
+
+def _flat_words(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A, B) → C-contiguous (N, A·B) and its first A·B // 8 · 8 columns as uint64 words."""
+    flat = np.ascontiguousarray(chunk).reshape(chunk.shape[0], -1)
+    return flat, flat[:, : flat.shape[1] // 8 * 8].view(np.uint64)  # (N, 0) under 8 columns: all tail
+
+
+@numba.njit(nogil=True, cache=True)
+def _ends(flat, words, z, ends):  # pragma: no cover - compiled
+    """Columns whose run ends before slice ``z`` (their label changes there; all at z = N) → how many.
+
+    Eight columns per 64-bit compare: most do not change.
+    """
+    n, m = flat.shape
+    if z == n:
+        for j in range(m):
+            ends[j] = j
+        return m
+    count = 0
+    for k in range(words.shape[1]):
+        if words[z, k] != words[z - 1, k]:
+            for j in range(8 * k, 8 * k + 8):
+                if flat[z, j] != flat[z - 1, j]:
+                    ends[count] = j
+                    count += 1
+    for j in range(words.shape[1] * 8, m):
+        if flat[z, j] != flat[z - 1, j]:
+            ends[count] = j
+            count += 1
+    return count
+
+
+# Each kernel closes its runs in its own loop body: as a called function taking the
+# arrays, numba did not inline it, and the calls cost several times the whole pass.
 @numba.njit(nogil=True, cache=True)
 def _runs(flat, words, planes, faces, out, first, n_total, low):  # pragma: no cover - compiled
     n, m = flat.shape
     start = np.zeros(m, np.int64)
-    tail = words.shape[1] * 8
-    for z in range(1, n):
-        for k in range(words.shape[1]):
-            if words[z, k] != words[z - 1, k]:  # eight columns at once; most do not change
-                for j in range(8 * k, 8 * k + 8):
-                    if flat[z, j] != flat[z - 1, j]:
-                        _close(flat[z - 1, j], start[j], z, j, planes, faces, out, first, n_total, low)
-                        start[j] = z
-        for j in range(tail, m):
-            if flat[z, j] != flat[z - 1, j]:
-                _close(flat[z - 1, j], start[j], z, j, planes, faces, out, first, n_total, low)
-                start[j] = z
-    for j in range(m):
-        _close(flat[n - 1, j], start[j], n, j, planes, faces, out, first, n_total, low)
+    ends = np.empty(m, np.int64)
+    p = out.shape[0] - 2
+    for z in range(1, n + 1):
+        for q in range(_ends(flat, words, z, ends)):
+            j = ends[q]
+            value = flat[z - 1, j]
+            plane = planes[value]
+            if plane >= 0:
+                out[plane, j] += z - start[j]
+            # Explicit comparisons: numba's max() of a uint16 and an int64 ran 10x slower.
+            if faces[value] and low:
+                top = first + z  # highest face slice + 1
+                if top > out[p, j]:
+                    out[p, j] = top
+            elif faces[value]:
+                bottom = n_total - (first + start[j])
+                if bottom > out[p + 1, j]:
+                    out[p + 1, j] = bottom
+            start[j] = z
 
 
 @numba.njit(nogil=True, cache=True)
-def _close(value, z_from, z_to, j, planes, faces, out, first, n_total, low):  # pragma: no cover
-    """The run of ``value`` over slices [z_from, z_to) of column ``j`` ends."""
-    plane = planes[value]
-    if plane >= 0:
-        out[plane, j] += z_to - z_from
-    if faces[value]:
-        # Explicit comparisons: numba's max() of a uint16 and an int64 ran 10x slower.
-        p = out.shape[0] - 2
-        if low:
-            top = first + z_to  # highest face slice + 1
-            if top > out[p, j]:
-                out[p, j] = top
-        else:
-            bottom = n_total - (first + z_from)
-            if bottom > out[p + 1, j]:
-                out[p + 1, j] = bottom
+def _value_runs(flat, words, value, per_slice):  # pragma: no cover - compiled
+    """Difference array of the runs of ``value``: +1 where one starts, −1 past its end."""
+    n, m = flat.shape
+    start = np.zeros(m, np.int64)
+    ends = np.empty(m, np.int64)
+    for z in range(1, n + 1):
+        for q in range(_ends(flat, words, z, ends)):
+            j = ends[q]
+            if flat[z - 1, j] == value:
+                per_slice[start[j]] += 1
+                per_slice[z] -= 1
+            start[j] = z

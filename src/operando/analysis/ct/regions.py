@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import dask.array as da
 import numpy as np
 
+from operando.analysis.ct._runs import slice_counts
 from operando.errors import AxisError, ClassNameError, ConfigError, CropError, LabelRangeError
 
 __all__ = [
@@ -205,20 +206,10 @@ def _planes_from_counts(counts: np.ndarray, area: int, block_info: dict | None =
 
 
 def _slice_counts(block: np.ndarray, value: np.uint8) -> np.ndarray:
-    """Voxels equal to ``value`` per slice of a chunk (t, n, a, b) → (t, n, 1, 1).
-
-    Layers make most slices repeat the one before: each run of equal slices is
-    counted once (one word-wise comparison finds the runs), then repeated.
-    """
+    """Voxels equal to ``value`` per slice of a chunk (t, n, a, b) → (t, n, 1, 1)."""
     out = np.empty((*block.shape[:2], 1, 1), np.int64)
     for i, volume in enumerate(block):
-        flat = volume.reshape(volume.shape[0], -1)
-        words = flat.view(np.uint64) if flat.flags.c_contiguous and flat.shape[1] % 8 == 0 else flat
-        starts = np.flatnonzero(np.concatenate([[True], (words[1:] != words[:-1]).any(axis=1)]))
-        lengths = np.diff(starts, append=flat.shape[0])
-        mask = np.empty(flat.shape[1], bool)
-        per_run = [np.count_nonzero(np.equal(flat[s], value, out=mask)) for s in starts]
-        out[i, :, 0, 0] = np.repeat(per_run, lengths)
+        out[i, :, 0, 0] = slice_counts(volume, int(value))
     return out
 
 
