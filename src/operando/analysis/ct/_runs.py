@@ -1,4 +1,4 @@
-"""Chunk kernel of the statistics pass: runs of one label along the normal, per column (numba).
+"""Chunk kernels of the statistics pass: runs of one label along the normal, per column (numba).
 
 Label columns are piecewise constant along the electrode normal (layers), so a
 column of a few hundred voxels holds a handful of runs. The kernel walks the
@@ -49,14 +49,11 @@ def add_side_runs(
         The slab lies below the split plane: its face is the highest face voxel
         (towards the gap), else the lowest.
     """
-    if slab.dtype != np.uint8 or planes.shape != (256,) or faces.shape != (256,):
-        # The compiled loop indexes the tables by label value without bounds checks.
-        raise ValueError(
-            f"uint8 labels and 256-entry tables needed, got {slab.dtype}, {planes.shape}, {faces.shape}"
-        )
-    if slab.shape[0] == 0:
-        return
+    if planes.shape != (256,) or faces.shape != (256,):
+        raise ValueError(f"256-entry tables needed, got {planes.shape}, {faces.shape}")
     flat, words = _flat_words(slab)
+    if flat.shape[0] == 0:
+        return
     counts = out.reshape(out.shape[0], -1)
     if not np.shares_memory(counts, out):
         raise ValueError("out must be C-contiguous: the kernel updates it in place")
@@ -65,17 +62,18 @@ def add_side_runs(
 
 def slice_counts(chunk: np.ndarray, value: int) -> np.ndarray:
     """Voxels equal to ``value`` per slice of a chunk (N, A, B) of uint8 labels → ndarray of int64 of shape (N,)."""
-    if chunk.dtype != np.uint8:
-        raise ValueError(f"uint8 labels needed, got {chunk.dtype}")
-    per_slice = np.zeros(chunk.shape[0] + 1, np.int64)
-    if chunk.shape[0]:
-        _value_runs(*_flat_words(chunk), value, per_slice)
+    flat, words = _flat_words(chunk)
+    per_slice = np.zeros(flat.shape[0] + 1, np.int64)
+    if flat.shape[0]:
+        _value_runs(flat, words, value, per_slice)
     return np.cumsum(per_slice[:-1])
 
 
 def _flat_words(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, A, B) → C-contiguous (N, A·B) and its first A·B // 8 · 8 columns as uint64 words."""
-    flat = np.ascontiguousarray(chunk).reshape(chunk.shape[0], -1)
+    """(N, A, B) uint8 → C-contiguous (N, A·B) and its first A·B // 8 · 8 columns as uint64 words."""
+    if chunk.dtype != np.uint8:  # the compiled loops index 256-entry tables by label value, unchecked
+        raise ValueError(f"uint8 labels needed, got {chunk.dtype}")
+    flat = np.ascontiguousarray(chunk).reshape(chunk.shape[0], int(np.prod(chunk.shape[1:])))
     return flat, flat[:, : flat.shape[1] // 8 * 8].view(np.uint64)  # (N, 0) under 8 columns: all tail
 
 
@@ -120,14 +118,15 @@ def _runs(flat, words, planes, faces, out, first, n_total, low):  # pragma: no c
             if plane >= 0:
                 out[plane, j] += z - start[j]
             # Explicit comparisons: numba's max() of a uint16 and an int64 ran 10x slower.
-            if faces[value] and low:
-                top = first + z  # highest face slice + 1
-                if top > out[p, j]:
-                    out[p, j] = top
-            elif faces[value]:
-                bottom = n_total - (first + start[j])
-                if bottom > out[p + 1, j]:
-                    out[p + 1, j] = bottom
+            if faces[value]:
+                if low:
+                    top = first + z  # highest face slice + 1
+                    if top > out[p, j]:
+                        out[p, j] = top
+                else:
+                    bottom = n_total - (first + start[j])
+                    if bottom > out[p + 1, j]:
+                        out[p + 1, j] = bottom
             start[j] = z
 
 
