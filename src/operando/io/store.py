@@ -273,8 +273,14 @@ def write_with_truth(
     return path
 
 
-def open_dataset(path: str | Path, *, group: str | None = None, require_complete: bool = True) -> xr.Dataset:
-    """Open an operando dataset lazily (dask arrays with the on-disk chunks).
+def open_dataset(
+    path: str | Path,
+    *,
+    group: str | None = None,
+    require_complete: bool = True,
+    chunks: Mapping[str, int] | None = None,
+) -> xr.Dataset:
+    """Open an operando dataset lazily (dask arrays with the on-disk chunks by default).
 
     Parameters
     ----------
@@ -284,6 +290,10 @@ def open_dataset(path: str | Path, *, group: str | None = None, require_complete
         A sub-group, e.g. ``"truth"`` for synthetic ground truth.
     require_complete : bool, keyword-only
         Refuse a dataset that was never marked complete (default).
+    chunks : mapping of str to int, optional, keyword-only
+        Dask chunk size per dimension, multiples of the on-disk chunks (e.g. whole
+        columns along one axis: one zarr read of several chunks per task, which
+        zarr decodes concurrently); other dimensions keep the on-disk chunks.
 
     Raises
     ------
@@ -304,4 +314,5 @@ def open_dataset(path: str | Path, *, group: str | None = None, require_complete
         group=group,
         consolidated=group is None and COMPLETE_ATTR in root.attrs,
         zarr_format=3,
+        **({} if chunks is None else {"chunks": dict(chunks)}),
     )

@@ -323,3 +323,26 @@ def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, c
     high = np.where(np.isnan(faces[:, 1]), 0, n_total - faces[:, 1])
     np.testing.assert_array_equal(out[:, 0, 6], low)
     np.testing.assert_array_equal(out[:, 0, 7], high)
+
+
+@pytest.mark.parametrize("budget", [None, 2 * 16**3])
+def test_column_chunks_read_whole_columns_with_the_same_statistics(phantom, tmp_path, monkeypatch, budget):
+    """Reopened in whole columns along the normal (or two on-disk chunks under a small budget)."""
+    from operando.io.store import open_dataset, write_dataset
+
+    labels, _, want, _ = phantom
+    store = tmp_path / "seg.zarr"
+    write_dataset(labels.to_dataset(name="labels"), store, target_mib=16**3 / 2**20)
+    on_disk = open_dataset(store)["labels"]
+    assert on_disk.data.chunksize == (1, 16, 16, 16)
+    if budget:
+        monkeypatch.setattr(stats, "_COLUMN_TASK_BYTES", budget)
+    chunks = stats.column_chunks(on_disk)
+    assert chunks == {"z": 48 if budget is None else 32}
+    columns = open_dataset(store, chunks=chunks)["labels"]
+    assert columns.data.chunks[1] == ((48,) if budget is None else (32, 16))
+    assert columns.data.chunks[2:] == on_disk.data.chunks[2:]
+    with dask.config.set(scheduler="threads"):
+        got = cell_statistics(columns)
+    xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs())
+    assert got.attrs["split_plane_um"] == want.attrs["split_plane_um"]

@@ -23,7 +23,7 @@ from operando.analysis.ct.faraday import compare_with_ct, ct_volume_change, trav
 from operando.analysis.ct.plots import plot_all
 from operando.analysis.ct.register import write_transforms_csv
 from operando.analysis.ct.resample import register_dataset
-from operando.analysis.ct.stats import cell_statistics, write_stats
+from operando.analysis.ct.stats import cell_statistics, column_chunks, write_stats
 from operando.io.store import open_dataset
 from operando.models.drafts import predict_drafts
 
@@ -96,9 +96,11 @@ def statistics(
         :func:`operando.analysis.ct.stats.cell_statistics`'s result.
     """
     ds = open_dataset(segmented)
+    normal_axis = normal_axis or ds.attrs.get("normal_axis")
+    ds = open_dataset(segmented, chunks=column_chunks(ds["labels"], normal_axis=normal_axis))
     stats = cell_statistics(
         ds["labels"],
-        normal_axis=normal_axis or ds.attrs.get("normal_axis"),
+        normal_axis=normal_axis,
         crop=crop,
         plating_side=plating_side,
         voxel_size_um=ds.attrs.get("voxel_size_um"),

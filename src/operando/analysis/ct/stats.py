@@ -41,7 +41,7 @@ from operando.errors import ClassNameError, ConfigError, UnsupportedDtypeError, 
 from operando.io.layout import label_classes
 from operando.io.store import mark_complete
 
-__all__ = ["cell_statistics", "write_stats"]
+__all__ = ["cell_statistics", "column_chunks", "write_stats"]
 
 _PACKED = ("electrode", "deposited", "dendrite", "pit")  # counted roles; background is the rest
 #: Output planes of the pass: counts by side of the plane (named stripping/plating after it), then faces.
@@ -73,7 +73,8 @@ def cell_statistics(
     ----------
     labels : xarray.DataArray of shape (T, Z, Y, X), uint8
         Segmentation with CF ``flag_values``/``flag_meanings``, coords in µm,
-        time in min; dask-backed arrays are read chunk by chunk.
+        time in min; dask-backed arrays are read chunk by chunk. Read fastest
+        in whole columns along the normal (:func:`column_chunks`).
     normal_axis : str, optional, keyword-only
         Electrode normal (default: attribute ``normal_axis``, else ``"z"``).
     crop : str, optional, keyword-only
@@ -149,6 +150,31 @@ def cell_statistics(
         source=" ".join(label_classes(labels).values()),
     )
     return ds
+
+
+def column_chunks(labels: xr.DataArray, *, normal_axis: str | None = None) -> dict[str, int]:
+    """Chunks for reading ``labels`` in whole columns along the normal: ``{normal: size}``.
+
+    For :func:`~operando.io.store.open_dataset`'s ``chunks``: one task then reads a
+    chunk column with one zarr call, which decodes its chunks concurrently, instead
+    of one task per chunk (``benchmarks/results/stats.md``: about 20 % less read
+    time). The size is a multiple of the current chunks, at most
+    :data:`_COLUMN_TASK_BYTES` of labels per column.
+
+    Parameters
+    ----------
+    labels : xarray.DataArray of shape (T, Z, Y, X)
+        Opened with the on-disk chunks.
+    normal_axis : str, optional, keyword-only
+        As in :func:`cell_statistics`.
+    """
+    normal = regions.resolve_normal(labels.dims, normal_axis, labels.attrs)
+    if labels.chunks is None:
+        return {normal: labels.sizes[normal]}
+    sizes = {d: max(c) for d, c in zip(labels.dims, labels.chunks, strict=True)}
+    slice_bytes = labels.dtype.itemsize * int(np.prod([n for d, n in sizes.items() if d != normal]))
+    per_task = max(1, _COLUMN_TASK_BYTES // (slice_bytes * sizes[normal])) * sizes[normal]
+    return {normal: min(labels.sizes[normal], per_task)}
 
 
 def _compute(client: Any | None, *collections: Any) -> tuple:
