@@ -81,7 +81,9 @@ def _flat_words(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _ends(flat, words, z, ends):  # pragma: no cover - compiled
     """Columns whose run ends before slice ``z`` (their label changes there; all at z = N) → how many.
 
-    Eight columns per 64-bit compare: most do not change.
+    Eight columns per 64-bit compare: most do not change, and most slices not at
+    all, which a branch-free pass over the slice finds first (it vectorizes: ~2× the
+    branching compare's speed).
     """
     n, m = flat.shape
     if z == n:
@@ -89,17 +91,26 @@ def _ends(flat, words, z, ends):  # pragma: no cover - compiled
             ends[j] = j
         return m
     count = 0
-    for k in range(words.shape[1]):
-        if words[z, k] != words[z - 1, k]:
-            for j in range(8 * k, 8 * k + 8):
-                if flat[z, j] != flat[z - 1, j]:
-                    ends[count] = j
-                    count += 1
+    if _any_change(words[z], words[z - 1]):
+        for k in range(words.shape[1]):
+            if words[z, k] != words[z - 1, k]:
+                for j in range(8 * k, 8 * k + 8):
+                    if flat[z, j] != flat[z - 1, j]:
+                        ends[count] = j
+                        count += 1
     for j in range(words.shape[1] * 8, m):
         if flat[z, j] != flat[z - 1, j]:
             ends[count] = j
             count += 1
     return count
+
+
+@numba.njit(nogil=True, cache=True)
+def _any_change(a, b):  # pragma: no cover - compiled
+    acc = np.uint64(0)
+    for k in range(a.shape[0]):
+        acc |= a[k] ^ b[k]
+    return acc != 0
 
 
 # Each kernel closes its runs in its own loop body: as a called function taking the
