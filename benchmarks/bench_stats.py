@@ -57,7 +57,7 @@ def make_store(path: Path, t: int, n: int, target_mib: float) -> None:
 
 
 def run_one(kind: str, path: str) -> dict[str, float]:
-    """One child process: the pass ``raw`` or ``stats`` twice; the second, steady-state call is timed.
+    """One child process: the pass ``kind`` (one of :data:`PASSES`) twice; the second, steady-state call is timed.
 
     The first call pays each pass's one-time costs (lazy imports, the thread pool, and for
     stats loading the numba kernel from its cache, ~0.3 s): reported apart as ``first_seconds``.
@@ -70,14 +70,12 @@ def run_one(kind: str, path: str) -> dict[str, float]:
     from operando.io import open_dataset
 
     labels = open_dataset(path)["labels"]
-    columns = column_chunks(labels)
-    if kind == "stats":
-        labels = open_dataset(path, chunks=columns)["labels"]
+    if kind in ("stats", "raw-columns"):
+        labels = open_dataset(path, chunks=column_chunks(labels))["labels"]
 
     def one_pass() -> None:
         if kind.startswith("raw"):
-            chunks = (*labels.data.chunksize[:1], columns["z"], *labels.data.chunksize[2:])
-            arr = da.from_zarr(str(Path(path) / "labels"), chunks=chunks if kind == "raw-columns" else None)
+            arr = da.from_zarr(str(Path(path) / "labels"), chunks=labels.data.chunksize)
             arr.map_blocks(lambda b: np.zeros((1,) * b.ndim, b.dtype), chunks=(1,) * arr.ndim).compute()
         else:
             cell_statistics(labels)
