@@ -128,21 +128,24 @@ def accuracy(args: argparse.Namespace) -> str:
         )
         times = [1, 2, 3]
         weights, seconds = _train(cell, _label_files(cell, args.every, times), times, args)
-        start = time.perf_counter()
-        seg = segment(cell, weights, Path(tmp) / "seg.zarr", axis="x", device=args.device)
-        seg_s = time.perf_counter() - start
-        pred = open_dataset(seg).labels.values  # class index 0..K-1; the truth below is 1..K
         truth = open_dataset(cell, group="truth")
         keep = np.ones(shape[3], bool)
         keep[args.every // 2 :: args.every] = False
-        iou = _iou_table(pred, truth.labels.values, keep)
-        lines += [
-            f"training {seconds:.0f} s ({args.preset} preset on {_device_name(args.device)}), segmentation {seg_s:.1f} s",
-            "",
-        ]
-        lines += ["| class | IoU (unlabelled slices) | paper |", "|---|---|---|"]
-        lines += [f"| {c} | {v:.3f} | {PAPER_IOU.get(c, '')} |" for c, v in iou.items()]
-        lines += ["", *_volume_rows(seg, truth, cell_statistics)]
+        lines += [f"training {seconds:.0f} s ({args.preset} preset on {_device_name(args.device)})", ""]
+        # The same model with and without flip test-time augmentation, side by side.
+        for tta in (False, True):
+            start = time.perf_counter()
+            seg = segment(
+                cell, weights, Path(tmp) / f"seg{int(tta)}.zarr", axis="x", tta=tta, device=args.device
+            )
+            seg_s = time.perf_counter() - start
+            pred = open_dataset(seg).labels.values  # class index 0..K-1; the truth below is 1..K
+            iou = _iou_table(pred, truth.labels.values, keep)
+            title = "with `--tta` (probabilities averaged over the patch flips)" if tta else "plain"
+            lines += [f"### segmentation {title}: {seg_s:.1f} s", ""]
+            lines += ["| class | IoU (unlabelled slices) | paper |", "|---|---|---|"]
+            lines += [f"| {c} | {v:.3f} | {PAPER_IOU.get(c, '')} |" for c, v in iou.items()]
+            lines += ["", *_volume_rows(seg, truth, cell_statistics), ""]
     return "\n".join(lines)
 
 

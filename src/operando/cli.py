@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from operando import __version__
-from operando.analysis.ct.commands import add_ct_verbs
+from operando.analysis.ct.commands import add_ct_verbs, add_tta_argument
 from operando.analysis.xanes.commands import add_xanes_verbs
 from operando.engine.cluster import add_run_arguments, client_from_args
 from operando.errors import ConfigError, InputNotFoundError, OperandoError
@@ -257,6 +257,7 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--blend", default="mean", choices=("mean", "gaussian"))
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (float16)")
+    add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
@@ -511,6 +512,7 @@ def _run_predict(args: argparse.Namespace) -> None:
             overlap=args.overlap,
             blend=args.blend,
             probabilities=args.probabilities,
+            tta=args.tta,
             batch_size=args.batch_size,
             device=args.device,
             overwrite=args.overwrite,

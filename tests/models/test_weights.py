@@ -28,6 +28,7 @@ from operando.errors import (
     WeightsFileError,
     WeightsTamperedError,
 )
+from operando.models.augmented import FlipAveraged, flip_sets
 from operando.models.normalization import Normalization, Normalized
 from operando.models.weights import (
     ARCHITECTURES,
@@ -481,6 +482,20 @@ def test_absent_gpu_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- inference
 
 
+def _predicted_from_store(tmp_path: Path, recipe: ModelRecipe, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random raw intensities (40, 36) in a zarr store, and the labels ``predict`` writes from them."""
+    data = np.random.default_rng(seed).integers(0, 4500, (40, 36)).astype(np.uint16)
+    src = zarr.create_array(
+        store=str(tmp_path / "src.zarr"), shape=data.shape, chunks=(20, 18), dtype=data.dtype
+    )
+    src[...] = data
+    out = zarr.create_array(
+        store=str(tmp_path / "labels.zarr"), shape=data.shape, chunks=(13, 11), dtype="uint8"
+    )
+    predict(src, recipe, out, patch=(16, 12), overlap=0.25, device="cpu")
+    return data, out[...]
+
+
 def test_recipe_from_the_file_predicts_what_the_normalized_in_memory_model_predicts(tmp_path):
     net = _trained_tiny(seed=3)
     path = save_model(tmp_path / "m.safetensors", net, classes=CLASSES, normalization=NORM)
@@ -491,22 +506,29 @@ def test_recipe_from_the_file_predicts_what_the_normalized_in_memory_model_predi
     )
     assert isinstance(recipe.build(), Normalized) and recipe.build().normalization == NORM
 
-    data = np.random.default_rng(4).integers(0, 4500, (40, 36)).astype(np.uint16)
-    src = zarr.create_array(
-        store=str(tmp_path / "src.zarr"), shape=data.shape, chunks=(20, 18), dtype=data.dtype
-    )
-    src[...] = data
-    out = zarr.create_array(
-        store=str(tmp_path / "labels.zarr"), shape=data.shape, chunks=(13, 11), dtype="uint8"
-    )
-    predict(src, recipe, out, patch=(16, 12), overlap=0.25, device="cpu")
-
+    data, out = _predicted_from_store(tmp_path, recipe, seed=4)
     expected = labels_from_logits(predict_array(NORM.apply(data), net, patch=(16, 12), overlap=0.25))
-    np.testing.assert_array_equal(out[...], expected)
+    np.testing.assert_array_equal(out, expected)
     assert len(np.unique(expected)) > 1  # a non-trivial labelling
     # Without the normalization the labels differ: the recipe really applies it.
     raw = labels_from_logits(predict_array(data.astype(np.float32), net, patch=(16, 12), overlap=0.25))
     assert not np.array_equal(raw, expected)
+
+
+def test_recipe_with_flips_predicts_the_flip_average_of_the_file_model(tmp_path):
+    net = _trained_tiny(seed=3)
+    path = save_model(tmp_path / "m.safetensors", net, classes=CLASSES, normalization=NORM)
+    recipe = inference_recipe(path, flips=True)
+    assert recipe.kwargs["flips"] == [[-2], [-1], [-2, -1]] and recipe.digest != inference_recipe(path).digest
+    built = recipe.build()
+    assert isinstance(built, FlipAveraged) and built.model.normalization == NORM
+
+    data, out = _predicted_from_store(tmp_path, recipe, seed=6)
+    averaged = FlipAveraged(Normalized(net, NORM), flip_sets(2)).eval()
+    expected = labels_from_logits(predict_array(data, averaged, patch=(16, 12), overlap=0.25))
+    np.testing.assert_array_equal(out, expected)
+    plain = labels_from_logits(predict_array(data, Normalized(net, NORM), patch=(16, 12), overlap=0.25))
+    assert not np.array_equal(plain, expected)  # the flips change some labels: the recipe really averages
 
 
 def test_context_model_rebuilds_from_the_file_and_its_header_carries_context_and_axis(tmp_path):

@@ -61,6 +61,7 @@ def predict_drafts(
     overlap: float = 0.25,
     blend: str = "mean",
     probabilities: bool = False,
+    tta: bool = False,
     batch_size: int = 8,
     device: str = "auto",
     overwrite: bool = False,
@@ -91,6 +92,10 @@ def predict_drafts(
     patch : int, optional, keyword-only
         Patch edge (default: the model's training patch, else 256 in 2D and 64 in
         3D; rounded to the network's divisor).
+    tta : bool, keyword-only
+        Test-time augmentation: class probabilities averaged over every flip of
+        each patch (:class:`~operando.models.augmented.FlipAveraged`; 4× the
+        network passes in 2D, 8× in 3D).
     overlap, blend, batch_size, device, client, quiet
         As :func:`operando.engine.predict.predict`.
 
@@ -147,6 +152,7 @@ def predict_drafts(
         "axis": axis,
         "context": header.context,
         "patch": edge,
+        "test_time_flips": int(tta),
         "modality": ds.attrs.get("modality", "ct"),
         # the statistics need the geometry of the image the labels describe
         **{k: ds.attrs[k] for k in ("voxel_size_um", "normal_axis") if k in ds.attrs},
@@ -156,7 +162,7 @@ def predict_drafts(
     )
     predict(
         zarr.open_array(str(Path(image) / variable), mode="r"),
-        inference_recipe(model),
+        inference_recipe(model, flips=tta),
         zarr.open_array(str(out / "labels"), mode="r+"),
         patch=edge,
         overlap=overlap,

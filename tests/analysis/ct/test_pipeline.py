@@ -86,6 +86,17 @@ def test_run_chains_register_segment_stats_into_one_folder(cell: Path, model: Pa
     assert {"volumes.png", "thickness_maps.png", "faraday.png"} <= set(pngs)
 
 
+@pytest.mark.slow
+def test_segment_with_tta_averages_the_flips_and_records_it(cell: Path, model: Path, tmp_path: Path):
+    common = ["--model", str(model), "--device", "cpu", *LOCAL]
+    assert main(["ct", "segment", str(cell), "-o", str(tmp_path / "plain.zarr"), *common]) == 0
+    assert main(["ct", "segment", str(cell), "-o", str(tmp_path / "tta.zarr"), "--tta", *common]) == 0
+    plain, tta = (open_dataset(tmp_path / f"{n}.zarr") for n in ("plain", "tta"))
+    assert (plain.attrs["test_time_flips"], tta.attrs["test_time_flips"]) == (0, 1)
+    same = float((plain.labels == tta.labels).mean())
+    assert 0.9 < same < 1.0  # the same model, averaged: most labels kept, some moved
+
+
 def test_stats_of_the_truth_match_the_phantom_voxel_counts(cell: Path, tmp_path: Path):
     seg = truth_segmentation(cell, tmp_path / "seg.zarr")
     assert (

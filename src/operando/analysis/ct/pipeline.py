@@ -137,6 +137,7 @@ def run_ct(
     crop: str | None = None,
     plating_side: str = "auto",
     current: CellCurrent | None = None,
+    tta: bool = False,
     device: str = "auto",
     overwrite: bool = False,
     client: Any | None = None,
@@ -159,7 +160,7 @@ def run_ct(
     }
     common = {"overwrite": overwrite, "client": client, "quiet": quiet}
     register(cell, paths["registered"], reference=reference, **common)
-    segment(paths["registered"], model, paths["segmented"], axis=axis, device=device, **common)
+    segment(paths["registered"], model, paths["segmented"], axis=axis, tta=tta, device=device, **common)
     statistics(
         paths["segmented"],
         paths["stats"],
