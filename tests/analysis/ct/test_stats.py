@@ -346,3 +346,12 @@ def test_column_chunks_read_whole_columns_with_the_same_statistics(phantom, tmp_
         got = cell_statistics(columns)
     xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs())
     assert got.attrs["split_plane_um"] == want.attrs["split_plane_um"]
+
+
+def test_map_planes_are_views_of_the_reduced_counts_not_a_copy():
+    counts = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    planes = stats._plane_views(counts)
+    assert planes.chunks == ((1, 1), (1, 1, 1), (4,), (5,)) and planes.dtype == np.uint16
+    np.testing.assert_array_equal(planes.compute(), counts)
+    held = [v for v in dict(planes.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+    assert len(held) == 1 and held[0] is counts
