@@ -76,7 +76,7 @@ def add_tta_argument(p: argparse.ArgumentParser) -> None:
         "--tta",
         action="store_true",
         help="test-time augmentation: average the model over the flips of each patch "
-        "(4x the inference in 2D; thin layers' volumes closer to the truth)",
+        "(4x the inference in 2D, 8x in 3D; measured in benchmarks/results/ct_accuracy.md)",
     )
 
 
