@@ -416,7 +416,7 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     thickness = volume / (float(np.prod(counts.shape[2:])) * voxel**2)
     index = SPLIT_CLASSES.index
     sides = [thickness[:, index(a)] + thickness[:, index(b)] for a, b in _SIDE_CLASSES]
-    planes = counts if isinstance(counts, da.Array) else _plane_views(counts)
+    planes = _plane_views(counts)
     xp = da if isinstance(counts, da.Array) else np
     # Pearson r is scale-free: the counts give the thickness maps' r without the µm copies.
     coloc = _pearson_pairs(counts, [(index(a), index(b)) for a, b in pairs])
@@ -432,13 +432,15 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     }
 
 
-def _plane_views(array: np.ndarray) -> da.Array:
-    """``array`` (T, C, A, B) as a dask array of (1, 1, A, B) planes, each a view: nothing is copied.
+def _plane_views(array: np.ndarray | da.Array) -> da.Array:
+    """``array`` (T, C, A, B) as a dask array of one chunk per (t, c); a numpy array's are views.
 
     ``da.from_array`` copies its input first: a second copy of every map, and 8 of the
     18 ms of assembly after the pass over 4 × 512² columns. Here the array is one key
     of the graph, shipped once to a cluster, and not tokenized (that would hash every value).
     """
+    if isinstance(array, da.Array):  # lazy statistics
+        return array.rechunk({0: 1, 1: 1})
     name = f"stats-planes-{uuid.uuid4().hex}"
     source = f"{name}-source"
     graph: dict[Any, Any] = {source: array}
@@ -493,7 +495,7 @@ def _edges_um(faces, axis: tuple[float, int, float], side: str):
     Lazy plane views of the faces, as the thickness maps: float32 copies of them would
     be made on every call, 8× the uint16 faces' memory.
     """
-    planes = faces.rechunk({1: 1}) if isinstance(faces, da.Array) else _plane_views(faces)
+    planes = _plane_views(faces)
     um = planes.map_blocks(_face_um, *axis, dtype=np.float32)
     return um if side == "high" else um[:, ::-1]  # (stripping, plating): the plating side is the high one
 
