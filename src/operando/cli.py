@@ -18,6 +18,7 @@ from typing import Any
 from operando import __version__
 from operando.analysis.ct.commands import add_ct_verbs, add_tta_argument
 from operando.analysis.xanes.commands import add_xanes_verbs
+from operando.argtypes import int_list
 from operando.engine.cluster import add_run_arguments, client_from_args
 from operando.errors import ConfigError, InputNotFoundError, OperandoError
 from operando.report import add_report_verb
@@ -109,7 +110,7 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
         p.add_argument(
             "-o", "--output", type=Path, required=True, help="a .zarr dataset, or a folder for --format tiff"
         )
-        p.add_argument("--shape", type=_int_list, help=f"array shape {dims}")
+        p.add_argument("--shape", type=int_list, help=f"array shape {dims}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument(
             "--format",
@@ -136,7 +137,7 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for labels_t{index}.tif")
     p.add_argument("--group", help="sub-group holding the labels, e.g. truth")
     p.add_argument("--every", type=int, default=8, help="label one slice in N (default 8)")
-    p.add_argument("--times", type=_int_list, help="labelled time indices (default all)")
+    p.add_argument("--times", type=int_list, help="labelled time indices (default all)")
     p.add_argument("--axis", default="x", choices=("z", "y", "x"))
     p.set_defaults(run=_run_synth_labels)
 
@@ -195,7 +196,7 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument(
-        "--labels-time", type=_int_list, help="time index of each --labels file (default: *_t{index} names)"
+        "--labels-time", type=int_list, help="time index of each --labels file (default: *_t{index} names)"
     )
     p.add_argument("--labels-var", help="label variable (time, z, y, x) of a zarr --labels store")
     p.add_argument("--variable", default="intensity", help="image variable (default intensity)")
@@ -340,13 +341,6 @@ def _name_list(text: str) -> tuple[str, ...]:
     if not all(names) or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
     return names
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _float_list(text: str) -> tuple[float, ...]:

@@ -64,6 +64,10 @@ def test_run_chains_register_segment_stats_into_one_folder(cell: Path, model: Pa
                 "1.5",
                 "--current-on",
                 "0:10",
+                "--reference-labels",
+                str(cell.parent / "labels.tif"),
+                "--reference-labels-time",
+                "2",
                 *LOCAL,
             ]
         )
@@ -82,6 +86,8 @@ def test_run_chains_register_segment_stats_into_one_folder(cell: Path, model: Pa
     volume = {(r["time"], r["class"]): float(r["volume_um3"]) for r in rows}
     assert all(volume[(t, c)] > 0 for t, _ in volume for c in ("stripping_electrode", "plating_electrode"))
     assert len(_rows(out / "stats" / "faraday.csv")) == 3
+    # the model's training slices as reference: one timestep adjusted
+    assert {r["time"] for r in _rows(out / "stats" / "adjusted.csv")} == {rows[-1]["time"]}
     pngs = sorted(p.name for p in (out / "stats").glob("*.png"))
     assert {"volumes.png", "thickness_maps.png", "faraday.png"} <= set(pngs)
 

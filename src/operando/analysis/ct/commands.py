@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from operando.argtypes import int_list
 from operando.engine.cluster import add_run_arguments, client_from_args
 
 __all__ = ["add_ct_verbs", "add_tta_argument"]
@@ -101,6 +102,27 @@ def _stats_flags(p: argparse.ArgumentParser) -> None:
     far.add_argument("--current-density", type=float, metavar="MA_CM2", help="current density in mA/cm²")
     far.add_argument("--current-on", metavar="SEGMENTS", help="current-on minutes, e.g. 0:10,30:40")
     far.add_argument("--area", type=float, metavar="CM2", help="electrode area in cm² (default: the ROI)")
+    ref = p.add_argument_group("error-adjusted volumes (optional)")
+    ref.add_argument(
+        "--reference-labels",
+        type=Path,
+        action="append",
+        metavar="TIFF",
+        help="labelled reference slices of one timestep (repeat), as for `operando train`: "
+        "0 unlabelled, k the class k-1; best labelled for checking, not for training",
+    )
+    ref.add_argument(
+        "--reference-labels-time",
+        type=int_list,
+        metavar="T,...",
+        help="time index of each --reference-labels file (default: *_t{index} names)",
+    )
+    ref.add_argument(
+        "--reference-axis",
+        default="x",
+        choices=("z", "y", "x"),
+        help="axis of the reference slices (default x)",
+    )
 
 
 def _add_run(steps: argparse._SubParsersAction) -> None:
@@ -127,6 +149,15 @@ def _current(args: argparse.Namespace):
             remedy="Pass both, or neither.",
         )
     return CellCurrent(args.current_density, parse_segments(args.current_on), area_cm2=args.area)
+
+
+def _reference(args: argparse.Namespace):
+    from operando.analysis.ct.pipeline import ReferenceSlices
+
+    if not args.reference_labels:
+        return None
+    times = args.reference_labels_time and tuple(args.reference_labels_time)
+    return ReferenceSlices(tuple(args.reference_labels), times=times, axis=args.reference_axis)
 
 
 def _run_register(args: argparse.Namespace) -> None:
@@ -180,6 +211,7 @@ def _run_stats(args: argparse.Namespace) -> None:
             crop=args.crop,
             plating_side=args.plating_side,
             current=current,
+            reference=_reference(args),
             overwrite=args.overwrite,
             client=client,
         )
@@ -201,6 +233,7 @@ def _run_all(args: argparse.Namespace) -> None:
             crop=args.crop,
             plating_side=args.plating_side,
             current=current,
+            reference_slices=_reference(args),
             tta=args.tta,
             device=args.device,
             overwrite=args.overwrite,

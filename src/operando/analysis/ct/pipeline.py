@@ -7,7 +7,8 @@ writing the next, out of core; :func:`run_ct` chains them into one output folder
     out/registered.transforms.csv
     out/segmented.zarr              labels with CF class names
     out/stats/                      stats.csv, sides.csv, colocalization.csv,
-                                    maps.zarr, faraday.csv, PNG plots
+                                    maps.zarr, faraday.csv, adjusted.csv,
+                                    error_matrix.csv, PNG plots
 """
 
 from __future__ import annotations
@@ -19,15 +20,26 @@ from typing import Any
 
 import xarray as xr
 
+from operando.analysis.ct.adjusted import adjusted_volumes, write_adjusted
 from operando.analysis.ct.faraday import compare_with_ct, ct_volume_change, traveling_li
 from operando.analysis.ct.plots import plot_all
 from operando.analysis.ct.register import write_transforms_csv
 from operando.analysis.ct.resample import register_dataset
 from operando.analysis.ct.stats import cell_statistics, column_chunks, write_stats
+from operando.io.layout import label_classes
 from operando.io.store import open_dataset
 from operando.models.drafts import predict_drafts
+from operando.models.labels import open_label_tiffs
 
-__all__ = ["CellCurrent", "register", "run_ct", "segment", "statistics", "transforms_csv_path"]
+__all__ = [
+    "CellCurrent",
+    "ReferenceSlices",
+    "register",
+    "run_ct",
+    "segment",
+    "statistics",
+    "transforms_csv_path",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,26 @@ class CellCurrent:
     segments_min: Sequence[Sequence[float]]
     area_cm2: float | None = None
     measured_classes: tuple[str, ...] = ("deposited_li", "dendrite")
+
+
+@dataclass(frozen=True)
+class ReferenceSlices:
+    """Labelled reference slices for error-adjusted volumes (:mod:`operando.analysis.ct.adjusted`).
+
+    Attributes
+    ----------
+    paths : tuple of Path
+        One label TIFF per timestep, as for ``operando train``: ``0`` unlabelled,
+        ``k`` the class ``k − 1``, on the registered volume.
+    times : tuple of int, optional
+        Time index of each file (default: ``*_t{index}`` names).
+    axis : str
+        Axis the slices cut across (the jackknife leaves one out at a time).
+    """
+
+    paths: tuple[Path, ...]
+    times: tuple[int, ...] | None = None
+    axis: str = "x"
 
 
 def transforms_csv_path(registered: str | Path) -> Path:
@@ -85,10 +117,15 @@ def statistics(
     crop: str | None = None,
     plating_side: str = "auto",
     current: CellCurrent | None = None,
+    reference: ReferenceSlices | None = None,
     overwrite: bool = False,
     client: Any | None = None,
 ) -> xr.Dataset:
     """Statistics, tables, maps and plots of a segmented series into ``out_dir``.
+
+    ``reference`` adds the error-adjusted volumes of its timesteps
+    (:func:`operando.analysis.ct.adjusted.adjusted_volumes`) to the tables and
+    the volume plot.
 
     Returns
     -------
@@ -110,8 +147,18 @@ def statistics(
     comparison = None if current is None else _faraday(stats, current)
     if comparison is not None:
         comparison.to_dataframe().to_csv(out / "faraday.csv")
-    plot_all(stats, out, faraday=comparison)
+    adjusted = None if reference is None else _adjusted(ds["labels"], stats, reference, client)
+    if adjusted is not None:
+        write_adjusted(adjusted, out)
+    plot_all(stats, out, faraday=comparison, adjusted=adjusted)
     return stats
+
+
+def _adjusted(labels: xr.DataArray, stats: xr.Dataset, reference: ReferenceSlices, client: Any) -> xr.Dataset:
+    slices = open_label_tiffs(
+        reference.paths, image_shape=labels.shape, n_classes=len(label_classes(labels)), times=reference.times
+    )
+    return adjusted_volumes(labels, slices, stats, slice_axis=reference.axis, client=client)
 
 
 def _faraday(stats: xr.Dataset, current: CellCurrent) -> xr.Dataset:
@@ -137,6 +184,7 @@ def run_ct(
     crop: str | None = None,
     plating_side: str = "auto",
     current: CellCurrent | None = None,
+    reference_slices: ReferenceSlices | None = None,
     tta: bool = False,
     device: str = "auto",
     overwrite: bool = False,
@@ -167,6 +215,7 @@ def run_ct(
         crop=crop,
         plating_side=plating_side,
         current=current,
+        reference=reference_slices,
         overwrite=overwrite,
         client=client,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -32,9 +33,15 @@ DPI = 120
 BACKGROUND = "background"
 
 
-def plot_volumes(ds: xr.Dataset, path: str | Path, *, log: bool = False) -> Path:
-    """Volume (µm³) against time, one line per class but the background; ``log`` for a log axis."""
-    return _save(_volumes_figure(ds, log=log), path)
+def plot_volumes(
+    ds: xr.Dataset, path: str | Path, *, log: bool = False, adjusted: xr.Dataset | None = None
+) -> Path:
+    """Volume (µm³) against time, one line per class but the background; ``log`` for a log axis.
+
+    ``adjusted`` (:func:`~operando.analysis.ct.adjusted.adjusted_volumes`) adds its
+    estimates as open markers with ±1 standard error bars.
+    """
+    return _save(_volumes_figure(ds, log=log, adjusted=adjusted), path)
 
 
 def plot_side_thickness(ds: xr.Dataset, path: str | Path) -> Path:
@@ -67,8 +74,17 @@ def plot_faraday(comparison: xr.Dataset, path: str | Path) -> Path:
     return _save(_faraday_figure(comparison), path)
 
 
-def plot_all(ds: xr.Dataset, out_dir: str | Path, *, faraday: xr.Dataset | None = None) -> list[Path]:
-    """Write every figure into ``out_dir`` (created); ``faraday`` is a :func:`compare_with_ct` result.
+def plot_all(
+    ds: xr.Dataset,
+    out_dir: str | Path,
+    *,
+    faraday: xr.Dataset | None = None,
+    adjusted: xr.Dataset | None = None,
+) -> list[Path]:
+    """Write every figure into ``out_dir`` (created).
+
+    ``faraday`` is a :func:`compare_with_ct` result, ``adjusted`` an
+    :func:`~operando.analysis.ct.adjusted.adjusted_volumes` one.
 
     Returns
     -------
@@ -78,7 +94,7 @@ def plot_all(ds: xr.Dataset, out_dir: str | Path, *, faraday: xr.Dataset | None 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [
-        plot_volumes(ds, out / "volumes.png", log=True),
+        plot_volumes(ds, out / "volumes.png", log=True, adjusted=adjusted),
         plot_side_thickness(ds, out / "side_thickness.png"),
         plot_maps(ds, out / "thickness_maps.png"),
         plot_edge_displacement(ds, out / "edge_displacement.png", maps=True),
@@ -105,18 +121,39 @@ def _times(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(ds["time"].values, dtype=np.float64)
 
 
-def _volumes_figure(ds: xr.Dataset, *, log: bool = False) -> Figure:
+def _volumes_figure(ds: xr.Dataset, *, log: bool = False, adjusted: xr.Dataset | None = None) -> Figure:
     volumes = ds["volume_um3"].compute()
     fig = _figure()
     ax = fig.add_subplot()
     for name in volumes["class"].values:
         if str(name) != BACKGROUND:
-            ax.plot(_times(ds), volumes.sel({"class": name}).values, marker="o", ms=3, label=str(name))
+            (line,) = ax.plot(
+                _times(ds), volumes.sel({"class": name}).values, marker="o", ms=3, label=str(name)
+            )
+            if adjusted is not None:
+                _adjusted_points(ax, adjusted, str(name), line.get_color())
     if log:
         ax.set_yscale("log")
-    ax.set(xlabel="time (min)", ylabel="volume (µm³)", title="Volume per class")
+    title = "Volume per class" + (
+        "\n(□ error-adjusted by the reference slices, ±1 SE)" if adjusted is not None else ""
+    )
+    ax.set(xlabel="time (min)", ylabel="volume (µm³)", title=title)
     ax.legend(fontsize="small")
     return fig
+
+
+def _adjusted_points(ax: Any, adjusted: xr.Dataset, name: str, color: str) -> None:
+    """Error-adjusted volumes of one class: open markers, ±1 standard error."""
+    ax.errorbar(
+        _times(adjusted),
+        adjusted["adjusted_volume_um3"].sel({"class": name}).values,
+        yerr=adjusted["adjusted_volume_se_um3"].sel({"class": name}).values,
+        fmt="s",
+        ms=5,
+        mfc="none",
+        color=color,
+        capsize=2,
+    )
 
 
 def _side_thickness_figure(ds: xr.Dataset) -> Figure:
