@@ -35,13 +35,18 @@ step "register CT timesteps" operando ct register "$out/cell.zarr" -o "$out/ct/r
 # The reference timestep (the last) shows every class; its labels need no registration.
 step "label a few cross-sections (from the truth)" operando synth labels "$out/ct_raw/truth.zarr" \
     -o "$out/ct/labels" --every 8 --times 5
+# Other slices of the same timestep, labelled for checking: the statistics correct the model's
+# class volumes by its confusions there (error-adjusted volumes, with standard errors).
+step "label check slices (from the truth)" operando synth labels "$out/ct_raw/truth.zarr" \
+    -o "$out/ct/check" --every 8 --first 0 --times 5
 step "train the small model" operando train "$out/ct/registered.zarr" \
     --labels "$out/ct/labels/labels_t5.tif" --classes background,electrode,deposited,dendrite,pit \
     --patch 32 --context 2 --time-limit "$train_seconds" --device cpu -o "$out/ct/model.safetensors"
 step "segment" operando ct segment "$out/ct/registered.zarr" --model "$out/ct/model.safetensors" \
     -o "$out/ct/segmented.zarr" --device cpu "${cluster[@]}"
 step "CT statistics" operando ct stats "$out/ct/segmented.zarr" -o "$out/ct/stats" \
-    --crop z=4:-4,y=8:-8,x=8:-8 --plating-side high --current-density 1.5 --current-on 0:120 "${cluster[@]}"
+    --crop z=4:-4,y=8:-8,x=8:-8 --plating-side high --current-density 1.5 --current-on 0:120 \
+    --reference-labels "$out/ct/check/labels_t5.tif" "${cluster[@]}"
 
 step "synthesize XANES (raw TIFFs + truth)" operando synth xanes --format tiff -o "$out/xanes_raw"
 step "ingest XANES" operando ingest xanes --sample "$out/xanes_raw/sample.tif" --flat "$out/xanes_raw/flat.tif" \

@@ -137,6 +137,9 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for labels_t{index}.tif")
     p.add_argument("--group", help="sub-group holding the labels, e.g. truth")
     p.add_argument("--every", type=int, default=8, help="label one slice in N (default 8)")
+    p.add_argument(
+        "--first", type=int, help="first labelled slice (default N // 2; another gives check slices)"
+    )
     p.add_argument("--times", type=int_list, help="labelled time indices (default all)")
     p.add_argument("--axis", default="x", choices=("z", "y", "x"))
     p.set_defaults(run=_run_synth_labels)
@@ -381,7 +384,13 @@ def _run_synth_labels(args: argparse.Namespace) -> None:
     from operando.synth.labels import sparse_labels
 
     paths = sparse_labels(
-        args.truth, args.output, every=args.every, times=args.times, axis=args.axis, group=args.group
+        args.truth,
+        args.output,
+        every=args.every,
+        first=args.first,
+        times=args.times,
+        axis=args.axis,
+        group=args.group,
     )
     print(f"wrote {len(paths)} label files to {args.output}")
 

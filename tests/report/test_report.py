@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import xarray as xr
 import zarr
 
-from operando.analysis.ct.pipeline import CellCurrent, statistics
+from operando.analysis.ct.pipeline import CellCurrent, ReferenceSlices, statistics
 from operando.cli import main
 from operando.errors import DatasetLayoutError, InputNotFoundError, OutputExistsError
+from operando.io import open_dataset
 from operando.models.networks import ResidualUNet
 from operando.models.weights import save_model
 from operando.report import render_report, write_report
@@ -53,12 +55,16 @@ def demo(tmp_path_factory) -> Path:
     )
     segmented = truth_segmentation(cell, ct / "segmented.zarr", attrs={"model": str(model)})
     _transforms_csv(ct / "registered.transforms.csv", FROZEN["times_min"])
+    reference = np.zeros((16, 32, 32), np.uint8)
+    reference[:, :, ::4] = open_dataset(segmented).labels[1].values[:, :, ::4] + 1
+    tifffile.imwrite(out / "check_t1.tif", reference)
     with dask.config.set(scheduler="threads"):
         statistics(
             segmented,
             ct / "stats",
             plating_side="high",
             current=CellCurrent(current_density_ma_cm2=1.5, segments_min=[(0.0, 10.0)]),
+            reference=ReferenceSlices((out / "check_t1.tif",)),
         )
     _xanes_run(out / "xanes")
     (out / "timings.json").write_text(json.dumps({"ct": 12.5, "xanes": 3.25}))
@@ -137,6 +143,8 @@ def test_page_embeds_every_figure_and_the_tables_of_both_runs(demo: Path):
     stats = pd.read_csv(demo / "ct" / "stats" / "stats.csv")
     dendrite = stats[stats["class"] == "dendrite"]["volume_um3"].iloc[-1]
     assert f"{dendrite:.6g}" in body
+    # the error-adjusted volumes of the reference timestep (the truth as segmentation: the counts)
+    assert "Error-adjusted volume" in body and "adjusted.csv" in body
     # edge.csv pivoted: particle 1 at scan 1
     assert "8341.5" in body
     # the coordinate range of the segmentation's time axis, from its metadata

@@ -31,5 +31,11 @@ def test_every_nth_slice_holds_truth_plus_one_and_the_rest_is_unlabelled(tmp_pat
     (z_file,) = sparse_labels(cell, tmp_path / "z", every=4, times=[1], axis="z", group="truth")
     assert z_file.name == "labels_t1.tif"
     np.testing.assert_array_equal(tifffile.imread(z_file)[2::4], truth[1][2::4] + 1)
+    (check,) = sparse_labels(cell, tmp_path / "check", every=4, first=0, times=[1], group="truth")
+    got = tifffile.imread(check)
+    np.testing.assert_array_equal(got[:, :, 0::4], truth[1][:, :, 0::4] + 1)
+    assert not got[:, :, 2::4].any()  # none of the default slices: a model trained on them never saw these
     with pytest.raises(ConfigError, match="every=0"):
         sparse_labels(cell, tmp_path / "bad", every=0, group="truth")
+    with pytest.raises(ConfigError, match=r"--first: 4 is not in 0..3"):
+        sparse_labels(cell, tmp_path / "bad", every=4, first=4, group="truth")

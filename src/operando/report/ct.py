@@ -62,6 +62,12 @@ def _volumes(stats: Path, used: set[Path]) -> str:
     tables += csv_block(
         stats / "stats.csv", "Mean thickness (µm) per class", pivot=("time", "class", "thickness_um")
     )
+    if (stats / "adjusted.csv").is_file():  # only runs given --reference-labels
+        for column, caption in (
+            ("adjusted_volume_um3", "Error-adjusted volume (µm³) per class, from the reference slices"),
+            ("adjusted_volume_se_um3", "Its standard error (µm³, delete-one-slice jackknife)"),
+        ):
+            tables += csv_block(stats / "adjusted.csv", caption, pivot=("time", "class", column))
     return figures(stats, specs, used=used) + tables
 
 

@@ -29,6 +29,7 @@ def sparse_labels(
     out_dir: str | Path,
     *,
     every: int = 8,
+    first: int | None = None,
     times: Sequence[int] | None = None,
     axis: str = "x",
     group: str | None = None,
@@ -42,7 +43,11 @@ def sparse_labels(
     out_dir : path
         Folder for the TIFFs (created).
     every : int, keyword-only
-        Label one slice in ``every`` across ``axis``, starting at ``every // 2``.
+        Label one slice in ``every`` across ``axis``.
+    first : int, optional, keyword-only
+        The first labelled slice, ``0 ≤ first < every`` (default ``every // 2``):
+        another ``first`` gives other slices, e.g. reference slices for checking a
+        model trained on the default ones (``operando ct stats --reference-labels``).
     times : sequence of int, optional, keyword-only
         Labelled timesteps (default: all).
     axis : {"z", "y", "x"}, keyword-only
@@ -55,13 +60,18 @@ def sparse_labels(
     """
     if axis not in _AXES or every < 1:
         raise ConfigError("--every/--axis", f"every={every}, axis={axis!r}: need every ≥ 1 and z, y or x")
+    first = every // 2 if first is None else first
+    if not 0 <= first < every:
+        raise ConfigError(
+            "--first", f"{first} is not in 0..{every - 1}", remedy="Pass 0 ≤ --first < --every."
+        )
     labels = open_dataset(truth, group=group).labels
     times = range(labels.sizes["time"]) if times is None else times
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for t in times:
-        picked = np.arange(every // 2, labels.shape[_AXES[axis]], every)
+        picked = np.arange(first, labels.shape[_AXES[axis]], every)
         sparse = np.zeros(labels.shape[1:], np.uint8)
         index = [slice(None)] * 3
         index[_AXES[axis] - 1] = picked
