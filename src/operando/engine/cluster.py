@@ -77,6 +77,7 @@ __all__ = [
     "JOBQUEUE_KINDS",
     "ClusterSpec",
     "add_cluster_arguments",
+    "compute_on",
     "connect",
     "local_sizing",
     "spec_from_args",
@@ -220,6 +221,15 @@ class ClusterSpec:
 def _setter(obj: object) -> Callable[[str, Any], None]:
     """Setter for a frozen dataclass's fields during ``__post_init__``."""
     return lambda name, value: object.__setattr__(obj, name, value)
+
+
+def compute_on(client: Any | None, *collections: Any) -> tuple:
+    """``dask.compute(*collections)``, on ``client``'s cluster when one is given."""
+    if client is None:
+        import dask
+
+        return dask.compute(*collections)
+    return tuple(client.compute(list(collections), sync=True))
 
 
 def local_sizing(spec: ClusterSpec | None = None) -> tuple[int, int, int]:

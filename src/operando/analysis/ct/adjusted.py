@@ -34,13 +34,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from operando.analysis.ct import regions
 from operando.analysis.ct.regions import SPLIT_CLASSES
+from operando.engine.cluster import compute_on
 from operando.errors import AxisError, LabelsError
 from operando.io.layout import label_classes
 from operando.models.labels import SparseLabels
@@ -168,11 +168,7 @@ def _pair_counts(
         t: _time_pairs(arr[t], reference, t, dims, roi, normal, planes[t], tables, slice_axis)
         for t in reference.times
     }
-    keys = list(lazy)
-    values = (
-        client.compute(list(lazy.values()), sync=True) if client is not None else dask.compute(*lazy.values())
-    )
-    return dict(zip(keys, values, strict=True))
+    return dict(zip(lazy, compute_on(client, *lazy.values()), strict=True))
 
 
 def _time_pairs(
@@ -253,17 +249,14 @@ def _inside(box: tuple[slice, ...], roi: tuple[slice, ...], shape: tuple[int, ..
 def _split_tables(labels: xr.DataArray, plating_side: str) -> np.ndarray:
     """(2, 256) label value → split class index, below and above the plane."""
     roles = regions.resolve_roles(label_classes(labels))
-    low, high = np.zeros(256, np.int64), np.zeros(256, np.int64)
-    names = {
-        "low": {"electrode": "stripping_electrode", "deposited": "redeposited_li"},
-        "high": {"electrode": "plating_electrode", "deposited": "deposited_li"},
-    }
-    if plating_side == "low":
-        names["low"], names["high"] = names["high"], names["low"]
-    for table, side in ((low, "low"), (high, "high")):
+    stripping = {"electrode": "stripping_electrode", "deposited": "redeposited_li"}
+    plating = {"electrode": "plating_electrode", "deposited": "deposited_li"}
+    sides = (stripping, plating) if plating_side == "high" else (plating, stripping)
+    tables = np.zeros((2, 256), np.int64)
+    for table, names in zip(tables, sides, strict=True):
         for role, value in roles.items():
-            table[value] = SPLIT_CLASSES.index(names[side].get(role, role))
-    return np.stack([low, high])
+            table[value] = SPLIT_CLASSES.index(names.get(role, role))
+    return tables
 
 
 def _plane_indices(labels: xr.DataArray, stats: xr.Dataset, normal: str) -> dict[int, int]:

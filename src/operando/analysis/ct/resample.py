@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from operando.analysis.ct.register import AXES, estimate_transforms, rotation_matrix
 from operando.engine.blockwise import plan_tasks, read_region
+from operando.engine.cluster import compute_on
 from operando.errors import RegistrationError, ShapeMismatchError
 from operando.io.store import COMPLETE_ATTR, mark_complete, open_dataset, prepare_output
 
@@ -267,7 +268,7 @@ def apply_transforms(
     fill = (np.nan if np.issubdtype(out.dtype, np.floating) else 0) if fill_value is None else fill_value
     regions = plan_tasks(out, task_shape=(1, *out.chunks[1:]))
     tasks = [dask.delayed(_resample_task)(source, out, r, affine, order, fill) for r in regions]
-    done = client.gather(client.compute(tasks)) if client is not None else dask.compute(*tasks)
+    done = compute_on(client, *tasks)
     return int(sum(done))
 
 

@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -39,6 +38,7 @@ import xarray as xr
 from operando.analysis.ct import regions
 from operando.analysis.ct._runs import NOT_COUNTED, add_side_runs
 from operando.analysis.ct.regions import SIDES, SPLIT_CLASSES
+from operando.engine.cluster import compute_on
 from operando.errors import ClassNameError, ConfigError, UnsupportedDtypeError, VoxelSizeError
 from operando.io.layout import label_classes
 from operando.io.store import mark_complete
@@ -133,12 +133,12 @@ def cell_statistics(
         )
     planes = regions.split_by_depth(arr, roles)
     if not compute:  # the plane is an attribute: known before the lazy pass
-        (planes,) = _compute(client, planes)
+        (planes,) = compute_on(client, planes)
     columns = _column_partials(arr, planes, roles)
     if compute:
         # One graph: the sampled chunks are read once, for the planes and their columns. Reduce once,
         # then finish on the small maps in numpy (no per-variable dask overhead).
-        columns, planes = _compute(client, columns, planes)
+        columns, planes = compute_on(client, columns, planes)
     side = _plating_side(columns) if plating_side == "auto" else plating_side
     counts, faces = _split_columns(columns, labels.sizes[normal], side)
     ds = _assemble(labels, counts, faces, normal, voxel, side, colocalize)
@@ -177,15 +177,6 @@ def column_chunks(labels: xr.DataArray, *, normal_axis: str | None = None) -> di
     slice_bytes = labels.dtype.itemsize * int(np.prod([n for d, n in sizes.items() if d != normal]))
     per_task = max(1, _COLUMN_TASK_BYTES // (slice_bytes * sizes[normal])) * sizes[normal]
     return {normal: min(labels.sizes[normal], per_task)}
-
-
-def _compute(client: Any | None, *collections: Any) -> tuple:
-    """``dask.compute``, on ``client``'s cluster when given."""
-    return (
-        tuple(client.compute(list(collections), sync=True))
-        if client is not None
-        else dask.compute(*collections)
-    )
 
 
 def _voxel_size(labels: xr.DataArray, normal: str, given: float | None) -> float:
