@@ -183,3 +183,27 @@ def test_ct_stats_takes_reference_labels_on_the_command_line(biased, tmp_path: P
     assert len(table) == 2 * len(SPLIT_CLASSES) and table.adjusted_voxels_se.notna().all()
     assert main([*argv, "--overwrite", *refs, "--reference-labels-time", "1"]) == 2
     assert "1 times for 2 label files" in capsys.readouterr().err
+
+
+class _CountingVolume:
+    """A real TIFF label volume that records the boxes read from it (the pass must never read it whole)."""
+
+    def __init__(self, volume):
+        self.volume, self.boxes = volume, []
+
+    def read(self, box):
+        self.boxes.append(tuple((b.start, b.stop) for b in box))
+        return self.volume.read(box)
+
+
+def test_the_reference_is_read_one_chunk_box_at_a_time(biased):
+    seg_path, _, files = biased
+    labels = open_dataset(seg_path).labels
+    got = _statistics(labels)
+    reference = open_label_tiffs(files, image_shape=labels.shape, n_classes=5)
+    spy = reference.volumes[1] = _CountingVolume(reference.volumes[1])
+    with dask.config.set(scheduler="threads"):
+        adjusted_volumes(labels, reference, got)
+    chunk = tuple(c[0] for c in labels.chunks[1:])
+    assert len(spy.boxes) == np.prod(labels.data.numblocks[1:])  # each chunk's box once
+    assert all(stop - start <= n for box in spy.boxes for (start, stop), n in zip(box, chunk, strict=True))
