@@ -2,21 +2,21 @@
 
 A model that confuses two classes systematically biases their counts: on the
 phantom, the thin redeposited Li layer loses its bottom voxel to the electrode it
-lies on, −6 to −13 % of its volume, while its IoU stays above 0.9
+lies on, −5 to −16 % of its volume depending on the model, while its IoU stays above 0.9
 (``benchmarks/results/ct_accuracy.md``). Labelled slices measure that bias. For
 every class ``i`` of the map (the segmentation after the split by depth), the
 reference gives the share of its voxels whose true class is ``j``; weighting those
 shares by the map's whole-volume counts gives the stratified estimator of the
 class proportions, the standard of area estimation from classified maps
-(Olofsson et al. 2014, eq. 9, the map classes as strata):
+(Olofsson et al. 2014, the map classes as strata):
 
     p̂_j = Σ_i W_i · n_ij / n_i·,    W_i = N_i / N
 
 ``N_i`` voxels of the ROI mapped to class ``i``, ``n_ij`` reference voxels mapped
 ``i`` whose reference class is ``j``. The standard error comes from the
 delete-one-slice jackknife over the reference slices: neighbouring voxels of a
-slice are not independent samples, so the voxel-count formula of the paper would
-be far too small.
+slice are not independent samples, so Olofsson's formula, which counts each voxel
+as one random sample, would be far too small.
 
 The reference must not be the training labels of an overfitted model (its
 confusions there are smaller than elsewhere); slices labelled for checking, not
