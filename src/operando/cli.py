@@ -440,25 +440,14 @@ def _run_ingest_xanes(args: argparse.Namespace) -> None:
 
 
 def _open_labels(args: argparse.Namespace, shape: tuple[int, ...]) -> Any:
-    from operando.models.labels import open_label_tiffs, open_label_zarr
+    from operando.models.labels import open_labels
 
-    if args.labels_var is None:
-        stores = [p for p in args.labels if p.is_dir()]
-        if stores:
-            raise ConfigError(
-                "--labels",
-                f"{stores[0]} is a folder",
-                remedy="Pass --labels-var NAME for a zarr label store.",
-            )
-        return open_label_tiffs(
-            args.labels, image_shape=shape, n_classes=len(args.classes), times=args.labels_time
-        )
-    if len(args.labels) != 1:
-        raise ConfigError(
-            "--labels", f"{len(args.labels)} stores given with --labels-var; pass one zarr store"
-        )
-    return open_label_zarr(
-        args.labels[0], variable=args.labels_var, image_shape=shape, n_classes=len(args.classes)
+    return open_labels(
+        args.labels,
+        image_shape=shape,
+        n_classes=len(args.classes),
+        variable=args.labels_var,
+        times=args.labels_time,
     )
 
 

@@ -31,9 +31,9 @@ import numpy as np
 import tifffile
 import zarr
 
-from operando.errors import InputNotFoundError, LabelsError, TrainingDataError
+from operando.errors import ConfigError, InputNotFoundError, LabelsError, TrainingDataError
 
-__all__ = ["AXES", "SparseLabels", "match_times", "open_label_tiffs", "open_label_zarr"]
+__all__ = ["AXES", "SparseLabels", "match_times", "open_label_tiffs", "open_label_zarr", "open_labels"]
 
 #: Spatial axis names of a volume, in array order.
 AXES = ("z", "y", "x")
@@ -254,3 +254,35 @@ def open_label_zarr(
 
 def _slab(array: zarr.Array) -> int:
     return max(1, int(array.chunks[1]))
+
+
+def open_labels(
+    paths: Sequence[str | Path],
+    *,
+    image_shape: Sequence[int],
+    n_classes: int,
+    variable: str | None = None,
+    times: Sequence[int] | None = None,
+) -> SparseLabels:
+    """Label TIFFs (one per timestep), or with ``variable`` one zarr store: the two sources of the CLI.
+
+    Raises
+    ------
+    ConfigError
+        A folder among TIFFs (a zarr store without ``variable``), or several stores with it.
+    InputNotFoundError, LabelsError, TrainingDataError
+        As :func:`open_label_tiffs` / :func:`open_label_zarr`.
+    """
+    paths = [Path(p) for p in paths]
+    if variable is None:
+        stores = [p for p in paths if p.is_dir()]
+        if stores:
+            raise ConfigError(
+                "--labels",
+                f"{stores[0]} is a folder",
+                remedy="Pass --labels-var NAME (--reference-labels-var for ct stats) for a zarr label store.",
+            )
+        return open_label_tiffs(paths, image_shape=image_shape, n_classes=n_classes, times=times)
+    if len(paths) != 1:
+        raise ConfigError("--labels", f"{len(paths)} stores given with --labels-var; pass one zarr store")
+    return open_label_zarr(paths[0], variable=variable, image_shape=image_shape, n_classes=n_classes)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 import xarray as xr
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -207,3 +208,22 @@ def test_the_reference_is_read_one_chunk_box_at_a_time(biased):
     chunk = tuple(c[0] for c in labels.chunks[1:])
     assert len(spy.boxes) == np.prod(labels.data.numblocks[1:])  # each chunk's box once
     assert all(stop - start <= n for box in spy.boxes for (start, stop), n in zip(box, chunk, strict=True))
+
+
+def test_a_zarr_reference_gives_the_same_estimates_as_its_tiffs(biased, tmp_path: Path):
+    seg_path, _, files = biased
+    stack = np.stack([np.zeros_like(tifffile.imread(files[0])), *(tifffile.imread(f) for f in files)])
+    store = zarr.open_group(tmp_path / "ref.zarr", mode="w")
+    store.create_array("labels", data=stack, chunks=(1, 16, 24, 24))
+    argv = ["ct", "stats", str(seg_path), "--plating-side", "high", *LOCAL]
+    assert (
+        main(
+            [*argv, "-o", str(tmp_path / "tiff"), *(a for f in files for a in ("--reference-labels", str(f)))]
+        )
+        == 0
+    )
+    zarr_ref = ["--reference-labels", str(tmp_path / "ref.zarr"), "--reference-labels-var", "labels"]
+    assert main([*argv, "-o", str(tmp_path / "zarr"), *zarr_ref]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "zarr" / "adjusted.csv"), pd.read_csv(tmp_path / "tiff" / "adjusted.csv")
+    )

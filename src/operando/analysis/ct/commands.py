@@ -118,6 +118,11 @@ def _stats_flags(p: argparse.ArgumentParser) -> None:
         help="time index of each --reference-labels file (default: *_t{index} names)",
     )
     ref.add_argument(
+        "--reference-labels-var",
+        metavar="NAME",
+        help="label variable (time, z, y, x) of one zarr --reference-labels store",
+    )
+    ref.add_argument(
         "--reference-axis",
         default="x",
         choices=("z", "y", "x"),
@@ -157,7 +162,12 @@ def _reference(args: argparse.Namespace):
     if not args.reference_labels:
         return None
     times = args.reference_labels_time and tuple(args.reference_labels_time)
-    return ReferenceSlices(tuple(args.reference_labels), times=times, axis=args.reference_axis)
+    return ReferenceSlices(
+        tuple(args.reference_labels),
+        times=times,
+        variable=args.reference_labels_var,
+        axis=args.reference_axis,
+    )
 
 
 def _run_register(args: argparse.Namespace) -> None:

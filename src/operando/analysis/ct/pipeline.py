@@ -29,7 +29,7 @@ from operando.analysis.ct.stats import cell_statistics, column_chunks, write_sta
 from operando.io.layout import label_classes
 from operando.io.store import open_dataset
 from operando.models.drafts import predict_drafts
-from operando.models.labels import open_label_tiffs
+from operando.models.labels import open_labels
 
 __all__ = [
     "CellCurrent",
@@ -71,15 +71,21 @@ class ReferenceSlices:
     ----------
     paths : tuple of Path
         One label TIFF per timestep, as for ``operando train``: ``0`` unlabelled,
-        ``k`` the class ``k − 1``, on the registered volume.
+        ``k`` the class ``k − 1``, on the registered volume; or one zarr store
+        with ``variable``.
     times : tuple of int, optional
         Time index of each file (default: ``*_t{index}`` names).
+    variable : str, optional
+        Label variable (time, z, y, x) of a zarr store: read a chunk box at a
+        time, where a compressed TIFF is decoded a page at a time (once per chunk
+        column of the labels).
     axis : str
         Axis the slices cut across (the jackknife leaves one out at a time).
     """
 
     paths: tuple[Path, ...]
     times: tuple[int, ...] | None = None
+    variable: str | None = None
     axis: str = "x"
 
 
@@ -155,8 +161,12 @@ def statistics(
 
 
 def _adjusted(labels: xr.DataArray, stats: xr.Dataset, reference: ReferenceSlices, client: Any) -> xr.Dataset:
-    slices = open_label_tiffs(
-        reference.paths, image_shape=labels.shape, n_classes=len(label_classes(labels)), times=reference.times
+    slices = open_labels(
+        reference.paths,
+        image_shape=labels.shape,
+        n_classes=len(label_classes(labels)),
+        variable=reference.variable,
+        times=reference.times,
     )
     return adjusted_volumes(labels, slices, stats, slice_axis=reference.axis, client=client)
 
