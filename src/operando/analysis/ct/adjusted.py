@@ -39,7 +39,8 @@ import numpy as np
 import xarray as xr
 
 from operando.analysis.ct import regions
-from operando.analysis.ct.regions import SPLIT_CLASSES
+from operando.analysis.ct.regions import SIDE_CLASSES, SPLIT_CLASSES
+from operando.analysis.ct.stats import roi_area_um2
 from operando.engine.cluster import compute_on
 from operando.errors import AxisError, LabelsError
 from operando.io.layout import label_classes
@@ -96,13 +97,13 @@ def adjusted_volumes(
         raise AxisError("slice_axis", f"{slice_axis!r} is not a spatial dimension of the labels {spatial}")
     if tuple(reference.shape) != tuple(labels.shape[1:]):
         raise LabelsError(
-            ", ".join(reference.sources) or "reference",
+            _name(reference),
             f"shape {tuple(reference.shape)} differs from the labels' {labels.shape[1:]} {spatial}",
             remedy="Label the reference slices on the volume that was segmented (registered, same size).",
         )
     if reference.n_classes != len(label_classes(labels)):
         raise LabelsError(
-            ", ".join(reference.sources) or "reference",
+            _name(reference),
             f"opened for {reference.n_classes} classes; the labels have {len(label_classes(labels))}",
             remedy="Open the reference with n_classes equal to the segmentation's class count.",
         )
@@ -218,7 +219,7 @@ def _block_pairs(
     truth = reference.read(t, box)
     if truth.size and int(truth.max()) > reference.n_classes:
         raise LabelsError(
-            ", ".join(reference.sources) or "reference",
+            _name(reference),
             f"value {int(truth.max())} at time {t} exceeds the labels' {reference.n_classes} classes",
             remedy="Reference values are 0 (unlabelled) and 1..K for the label values 0..K-1.",
         )
@@ -237,6 +238,11 @@ def _block_pairs(
     return counts.reshape(*shape, _K, _K)
 
 
+def _name(reference: SparseLabels) -> str:
+    """The reference's files (or store variable), for error messages."""
+    return ", ".join(reference.sources) or "reference"
+
+
 def _inside(box: tuple[slice, ...], roi: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Mask of the block's voxels inside the ROI crop."""
     axes = []
@@ -249,11 +255,10 @@ def _inside(box: tuple[slice, ...], roi: tuple[slice, ...], shape: tuple[int, ..
 def _split_tables(labels: xr.DataArray, plating_side: str) -> np.ndarray:
     """(2, 256) label value → split class index, below and above the plane."""
     roles = regions.resolve_roles(label_classes(labels))
-    stripping = {"electrode": "stripping_electrode", "deposited": "redeposited_li"}
-    plating = {"electrode": "plating_electrode", "deposited": "deposited_li"}
-    sides = (stripping, plating) if plating_side == "high" else (plating, stripping)
+    low, high = ("stripping", "plating") if plating_side == "high" else ("plating", "stripping")
     tables = np.zeros((2, 256), np.int64)
-    for table, names in zip(tables, sides, strict=True):
+    for table, side in zip(tables, (low, high), strict=True):
+        names = dict(zip(("electrode", "deposited"), SIDE_CLASSES[side], strict=True))
         for role, value in roles.items():
             table[value] = SPLIT_CLASSES.index(names.get(role, role))
     return tables
@@ -271,15 +276,14 @@ def _estimate(
     """The estimates, their standard errors and the error matrices as a Dataset over the reference times."""
     times = sorted(pairs)
     voxel = float(stats.attrs["voxel_size_um"])
-    plane_dims = [d for d in stats.thickness_map_um.dims if d not in ("time", "class")]
-    area_um2 = voxel**2 * stats.sizes[plane_dims[0]] * stats.sizes[plane_dims[1]]
+    area_um2 = roi_area_um2(stats)
     est, se, matrices, used = [], [], [], []
     for t in times:
         mapped = stats.voxels.isel(time=t).values
         by_slice = pairs[t][pairs[t].sum(axis=(1, 2)) > 0]
-        est.append(stratified_estimate(mapped, by_slice.sum(axis=0)))
-        se.append(jackknife_se(mapped, by_slice))
         matrices.append(by_slice.sum(axis=0))
+        est.append(stratified_estimate(mapped, matrices[-1]))
+        se.append(jackknife_se(mapped, by_slice))
         used.append(len(by_slice))
     est_arr, se_arr = np.array(est), np.array(se)
     coords = {"time": stats.time.values[times], "class": list(SPLIT_CLASSES)}

@@ -25,7 +25,7 @@ from operando.analysis.ct.faraday import compare_with_ct, ct_volume_change, trav
 from operando.analysis.ct.plots import plot_all
 from operando.analysis.ct.register import write_transforms_csv
 from operando.analysis.ct.resample import register_dataset
-from operando.analysis.ct.stats import cell_statistics, column_chunks, write_stats
+from operando.analysis.ct.stats import cell_statistics, column_chunks, roi_area_um2, write_stats
 from operando.io.layout import label_classes
 from operando.io.store import open_dataset
 from operando.models.drafts import predict_drafts
@@ -172,9 +172,7 @@ def _adjusted(labels: xr.DataArray, stats: xr.Dataset, reference: ReferenceSlice
 
 
 def _faraday(stats: xr.Dataset, current: CellCurrent) -> xr.Dataset:
-    plane = [d for d in stats.thickness_map_um.dims if d not in ("time", "class")]
-    roi_um2 = float(stats.attrs["voxel_size_um"]) ** 2 * stats.sizes[plane[0]] * stats.sizes[plane[1]]
-    area = {"area_cm2": current.area_cm2} if current.area_cm2 else {"area_um2": roi_um2}
+    area = {"area_cm2": current.area_cm2} if current.area_cm2 else {"area_um2": roi_area_um2(stats)}
     faraday = traveling_li(
         stats.time.values,
         current_density_ma_cm2=current.current_density_ma_cm2,

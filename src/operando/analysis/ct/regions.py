@@ -29,6 +29,7 @@ from operando.errors import AxisError, ClassNameError, ConfigError, CropError, L
 __all__ = [
     "ROLES",
     "SIDES",
+    "SIDE_CLASSES",
     "SPLIT_CLASSES",
     "choose_plating_side",
     "parse_crop",
@@ -52,6 +53,11 @@ SPLIT_CLASSES = (
     "pit",
 )
 SIDES = ("stripping", "plating")
+#: The split classes of each side: (its electrode, its Li layer).
+SIDE_CLASSES = {
+    "stripping": ("stripping_electrode", "redeposited_li"),
+    "plating": ("plating_electrode", "deposited_li"),
+}
 
 _CROP_ITEM = re.compile(r"^\s*(\w+)\s*=\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 

@@ -37,13 +37,13 @@ import xarray as xr
 
 from operando.analysis.ct import regions
 from operando.analysis.ct._runs import NOT_COUNTED, add_side_runs
-from operando.analysis.ct.regions import SIDES, SPLIT_CLASSES
+from operando.analysis.ct.regions import SIDE_CLASSES, SIDES, SPLIT_CLASSES
 from operando.engine.cluster import compute_on
 from operando.errors import ClassNameError, ConfigError, UnsupportedDtypeError, VoxelSizeError
 from operando.io.layout import label_classes
 from operando.io.store import mark_complete
 
-__all__ = ["cell_statistics", "column_chunks", "write_stats"]
+__all__ = ["cell_statistics", "column_chunks", "roi_area_um2", "write_stats"]
 
 _PACKED = ("electrode", "deposited", "dendrite", "pit")  # counted roles; background is the rest
 #: Output planes of the pass: counts by side of the plane (named stripping/plating after it), then faces.
@@ -54,7 +54,6 @@ _CLASS_PLANES = {"high": [0, 1, 3, 2, 4, 5], "low": [1, 0, 2, 3, 4, 5]}
 _N_OUT = len(_COUNTED) + 2
 _COLUMN_TASK_BYTES = 512 * 2**20  # labels one task holds at once: a chunk column, or part of a tall one
 _LOW_HIGH = ("low", "high")
-_SIDE_CLASSES = (("stripping_electrode", "redeposited_li"), ("plating_electrode", "deposited_li"))
 
 
 def cell_statistics(
@@ -177,6 +176,12 @@ def column_chunks(labels: xr.DataArray, *, normal_axis: str | None = None) -> di
     slice_bytes = labels.dtype.itemsize * int(np.prod([n for d, n in sizes.items() if d != normal]))
     per_task = max(1, _COLUMN_TASK_BYTES // (slice_bytes * sizes[normal])) * sizes[normal]
     return {normal: min(labels.sizes[normal], per_task)}
+
+
+def roi_area_um2(stats: xr.Dataset) -> float:
+    """In-plane area of the ROI (µm²) of :func:`cell_statistics`'s result: what its thicknesses divide by."""
+    plane = [d for d in stats.thickness_map_um.dims if d not in ("time", "class")]
+    return float(stats.attrs["voxel_size_um"]) ** 2 * stats.sizes[plane[0]] * stats.sizes[plane[1]]
 
 
 def _voxel_size(labels: xr.DataArray, normal: str, given: float | None) -> float:
@@ -406,7 +411,9 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     volume = voxels * voxel**3
     thickness = volume / (float(np.prod(counts.shape[2:])) * voxel**2)
     index = SPLIT_CLASSES.index
-    sides = [thickness[:, index(a)] + thickness[:, index(b)] for a, b in _SIDE_CLASSES]
+    sides = [
+        thickness[:, index(a)] + thickness[:, index(b)] for a, b in (SIDE_CLASSES[side] for side in SIDES)
+    ]
     planes = _plane_views(counts)
     xp = da if isinstance(counts, da.Array) else np
     # Pearson r is scale-free: the counts give the thickness maps' r without the µm copies.
