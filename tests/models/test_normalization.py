@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import tracemalloc
 
 import dask
@@ -130,7 +129,6 @@ def test_fit_is_out_of_core_on_a_2_gib_lazy_array():
     )
     assert lazy.nbytes == 2 * 2**30 and lazy.npartitions == 256
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         # In this process (where tracemalloc sees it), even if another test left a distributed client.
         with dask.config.set(scheduler="threads"):
@@ -138,12 +136,10 @@ def test_fit_is_out_of_core_on_a_2_gib_lazy_array():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    seconds = time.perf_counter() - start
     assert sorted(made) == sorted(np.ndindex(16, 4, 4))  # each block computed exactly once
     assert peak < lazy.nbytes / 16, f"peak traced memory {peak / 2**20:.0f} MiB"
     # 391 samples from each of the 256 constant blocks 0..255: the 0.5 / 99.5 % points fall in blocks 1 and 254.
     assert (norm.low, norm.high) == (1.0, 254.0)
-    assert seconds < 60
 
 
 def test_constant_or_non_finite_data_is_refused_at_fit_time():
