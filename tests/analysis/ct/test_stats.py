@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 
@@ -298,9 +299,10 @@ def test_write_stats(phantom, tmp_path):
     cut=st.integers(-2, 310),
     width=st.sampled_from([(1, 5), (3, 4), (4, 4), (5, 7)]),  # columns: tail only, word + tail, 2 words, …
     layered=st.booleans(),  # runs of equal slices, as layers along the normal
+    borders=st.lists(st.integers(1, 299), max_size=4),  # the column's chunk borders: runs go on across them
 )
-def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, cut, width, layered):
-    """The per-chunk kernel (runs found eight columns at a time) against the numpy oracle, plane anywhere."""
+def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, cut, width, layered, borders):
+    """The column kernel (runs found eight columns at a time) against the numpy oracle, plane anywhere."""
     rng = np.random.default_rng(seed)
     block = rng.choice(np.array(alphabet, np.uint8), size=(1, depth, *width))
     if layered:  # each slice repeated a random number of times, in order
@@ -311,9 +313,12 @@ def test_chunk_kernel_matches_numpy(seed, alphabet, shuffle_values, depth, z0, c
     plane = z0 + cut
     value_of = rng.permutation(5).astype(np.uint8) if shuffle_values else np.arange(5, dtype=np.uint8)
     roles = dict(zip(ROLES, value_of.tolist(), strict=True))
-    out = stats._columns_kernel(
-        [value_of[block]], np.array([plane]), roles=roles, starts=(z0,), n_total=n_total
-    )[:, None]
+    edges = [0, *sorted({b for b in borders if b < depth}), depth]
+    chunks = [value_of[block[:, a:b]] for a, b in itertools.pairwise(edges)]
+    starts = tuple(z0 + a for a in edges[:-1])
+    out = stats._columns_kernel(chunks, np.array([plane]), roles=roles, starts=starts, n_total=n_total)[
+        :, None
+    ]
     counts, faces = _oracle(volume, [int(np.clip(plane, 0, n_total))])
     # The oracle names the low side stripping; the kernel counts by side (background is the rest).
     low_high = [SPLIT_CLASSES.index(c) for c in ("stripping_electrode", "plating_electrode")]

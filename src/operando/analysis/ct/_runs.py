@@ -11,6 +11,8 @@ several passes per chunk; ``benchmarks/results/stats.md``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numba
 import numpy as np
 
@@ -21,7 +23,7 @@ NOT_COUNTED = -1
 
 
 def add_side_runs(
-    slab: np.ndarray,
+    slabs: Sequence[np.ndarray],
     planes: np.ndarray,
     faces: np.ndarray,
     out: np.ndarray,
@@ -30,12 +32,15 @@ def add_side_runs(
     n_total: int,
     low: bool,
 ) -> None:
-    """Add the runs of a one-sided slab to per-column counts and move its electrode face.
+    """Add the runs of one side of a chunk column to per-column counts and move its electrode face.
 
     Parameters
     ----------
-    slab : ndarray of uint8 of shape (N, A, B)
-        Labels, the normal first; slice 0 is global slice ``first``.
+    slabs : sequence of ndarray of uint8 of shape (N_i, A, B)
+        Consecutive pieces of the side along the normal (its chunks, each cut at the
+        split plane): a run goes on across their boundaries, so the column is closed
+        once, at its end, not once per chunk (``benchmarks/results/stats.md``).
+        Slice 0 of the first is global slice ``first``.
     planes : ndarray of int64 of shape (256,)
         Count plane of ``out`` for each label value, :data:`NOT_COUNTED` for none.
     faces : ndarray of bool of shape (256,)
@@ -44,20 +49,29 @@ def add_side_runs(
         Counts (planes ``0..P-1``), then the low face + 1 and ``n_total`` − the high
         face (0: none), each the maximum so far; updated in place.
     first, n_total : int, keyword-only
-        Global index of the slab's first slice, and the slices of the whole column.
+        Global index of the side's first slice, and the slices of the whole column.
     low : bool, keyword-only
-        The slab lies below the split plane: its face is the highest face voxel
+        The side lies below the split plane: its face is the highest face voxel
         (towards the gap), else the lowest.
     """
     if planes.shape != (256,) or faces.shape != (256,):
         raise ValueError(f"256-entry tables needed, got {planes.shape}, {faces.shape}")
-    flat, words = _flat_words(slab)
-    if flat.shape[0] == 0:
-        return
     counts = out.reshape(out.shape[0], -1)
     if not np.shares_memory(counts, out):
         raise ValueError("out must be C-contiguous: the kernel updates it in place")
-    _runs(flat, words, planes, faces, counts, first, n_total, low)
+    start = np.full(counts.shape[1], first, np.int64)  # global first slice of each column's open run
+    before, z = None, first
+    for slab in slabs:
+        flat, words = _flat_words(slab)
+        if flat.shape[0] == 0:
+            continue
+        if before is None:  # slice 0 compared with itself: no run ends before it
+            before = flat[0], words[0]
+        _runs(flat, words, *before, planes, faces, counts, z, n_total, low, start, False)
+        before, z = (flat[-1], words[-1]), z + flat.shape[0]
+    if before is not None:
+        flat, words = _flat_words(np.empty((0, *out.shape[1:]), np.uint8))
+        _runs(flat, words, *before, planes, faces, counts, z, n_total, low, start, True)
 
 
 def slice_counts(chunk: np.ndarray, value: int) -> np.ndarray:
@@ -78,28 +92,23 @@ def _flat_words(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _ends(flat, words, z, ends):  # pragma: no cover - compiled
-    """Columns whose run ends before slice ``z`` (their label changes there; all at z = N) → how many.
+def _row_ends(row, row_words, prev, prev_words, ends):  # pragma: no cover - compiled
+    """Columns whose label changes from slice ``prev`` to slice ``row`` (their run ends) → how many.
 
     Eight columns per 64-bit compare: most do not change, and most slices not at
     all, which a branch-free pass over the slice finds first (it vectorizes: ~2× the
     branching compare's speed).
     """
-    n, m = flat.shape
-    if z == n:
-        for j in range(m):
-            ends[j] = j
-        return m
     count = 0
-    if _any_change(words[z], words[z - 1]):
-        for k in range(words.shape[1]):
-            if words[z, k] != words[z - 1, k]:
+    if _any_change(row_words, prev_words):
+        for k in range(row_words.shape[0]):
+            if row_words[k] != prev_words[k]:
                 for j in range(8 * k, 8 * k + 8):
-                    if flat[z, j] != flat[z - 1, j]:
+                    if row[j] != prev[j]:
                         ends[count] = j
                         count += 1
-    for j in range(words.shape[1] * 8, m):
-        if flat[z, j] != flat[z - 1, j]:
+    for j in range(row_words.shape[0] * 8, row.shape[0]):
+        if row[j] != prev[j]:
             ends[count] = j
             count += 1
     return count
@@ -113,21 +122,32 @@ def _any_change(a, b):  # pragma: no cover - compiled
     return acc != 0
 
 
-# Each kernel closes its runs in its own loop body: as a called function taking the
-# arrays, numba did not inline it, and the calls cost several times the whole pass.
+# Each kernel closes its runs in its own loop body: as a called function taking the arrays, numba did not
+# inline it, and the calls cost several times the whole pass.
 @numba.njit(nogil=True, cache=True)
-def _runs(flat, words, planes, faces, out, first, n_total, low):  # pragma: no cover - compiled
+def _runs(
+    flat, words, prev, prev_words, planes, faces, out, first, n_total, low, start, close
+):  # pragma: no cover - compiled
+    """Runs ending in ``flat`` (global slices ``first``…), after slice ``prev``; ``close``: all end after it."""
     n, m = flat.shape
-    start = np.zeros(m, np.int64)
     ends = np.empty(m, np.int64)
     p = out.shape[0] - 2
-    for z in range(1, n + 1):
-        for q in range(_ends(flat, words, z, ends)):
+    for z in range(n + close):
+        before = prev if z == 0 else flat[z - 1]
+        if z == n:
+            count = m
+            for j in range(m):
+                ends[j] = j
+        elif z == 0:
+            count = _row_ends(flat[0], words[0], prev, prev_words, ends)
+        else:
+            count = _row_ends(flat[z], words[z], flat[z - 1], words[z - 1], ends)
+        for q in range(count):
             j = ends[q]
-            value = flat[z - 1, j]
+            value = before[j]
             plane = planes[value]
             if plane >= 0:
-                out[plane, j] += z - start[j]
+                out[plane, j] += first + z - start[j]
             # Explicit comparisons: numba's max() of a uint16 and an int64 ran 10x slower.
             if faces[value]:
                 if low:
@@ -135,10 +155,10 @@ def _runs(flat, words, planes, faces, out, first, n_total, low):  # pragma: no c
                     if top > out[p, j]:
                         out[p, j] = top
                 else:
-                    bottom = n_total - (first + start[j])
+                    bottom = n_total - start[j]
                     if bottom > out[p + 1, j]:
                         out[p + 1, j] = bottom
-            start[j] = z
+            start[j] = first + z
 
 
 @numba.njit(nogil=True, cache=True)
@@ -148,7 +168,13 @@ def _value_runs(flat, words, value, per_slice):  # pragma: no cover - compiled
     start = np.zeros(m, np.int64)
     ends = np.empty(m, np.int64)
     for z in range(1, n + 1):
-        for q in range(_ends(flat, words, z, ends)):
+        if z == n:
+            count = m
+            for j in range(m):
+                ends[j] = j
+        else:
+            count = _row_ends(flat[z], words[z], flat[z - 1], words[z - 1], ends)
+        for q in range(count):
             j = ends[q]
             if flat[z - 1, j] == value:
                 per_slice[start[j]] += 1

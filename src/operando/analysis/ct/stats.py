@@ -308,19 +308,16 @@ def _columns_kernel(
     """
     tables = _side_tables(roles)
     out = np.zeros((blocks[0].shape[0], _N_OUT, *blocks[0].shape[2:]), _partial_dtype(n_total))
-    for block, z0 in zip(blocks, starts, strict=True):
-        for i, volume in enumerate(block):
-            cut = int(np.clip(planes[i] - z0, 0, volume.shape[0]))
-            for side, slab, first in (("low", volume[:cut], z0), ("high", volume[cut:], z0 + cut)):
-                add_side_runs(
-                    slab,
-                    tables[side],
-                    tables["faces"],
-                    out[i],
-                    first=first,
-                    n_total=n_total,
-                    low=side == "low",
-                )
+    for i in range(out.shape[0]):
+        cuts = [
+            int(np.clip(planes[i] - z0, 0, block.shape[1])) for block, z0 in zip(blocks, starts, strict=True)
+        ]
+        low = [block[i, :cut] for block, cut in zip(blocks, cuts, strict=True)]
+        high = [block[i, cut:] for block, cut in zip(blocks, cuts, strict=True)]
+        for side, slabs, first in (("low", low, starts[0]), ("high", high, max(starts[0], int(planes[i])))):
+            add_side_runs(
+                slabs, tables[side], tables["faces"], out[i], first=first, n_total=n_total, low=side == "low"
+            )
     return out
 
 
