@@ -109,7 +109,8 @@ def measure(path: Path, repeat: int) -> dict[str, dict[str, float]]:
     """Best of ``repeat`` fresh-process runs of each pass, the passes alternating.
 
     Alternating puts both passes in the same minutes of a shared machine: run in two
-    blocks, a change of load between the blocks moved the ratio by ±0.1.
+    blocks, a change of load between the blocks moved the ratio by ±0.1. Each row also
+    keeps its per-round times (``rounds``), for ratios paired within a round.
     """
     runs: dict[str, list[dict]] = {k: [] for k in PASSES}
     for _ in range(repeat):
@@ -122,6 +123,7 @@ def measure(path: Path, repeat: int) -> dict[str, dict[str, float]]:
         best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in out)
         best["cpu_seconds"] = min(r["cpu_seconds"] for r in out)
         best["first_seconds"] = float(np.median([r["first_seconds"] for r in out]))
+        best["rounds"] = [r["seconds"] for r in out]
         rows[kind] = best
     return rows
 
@@ -159,6 +161,8 @@ def main() -> None:
         f"**stats / {raw} = {rate['stats'] / rate[raw]:.2f}** (goal ≥ 0.8; the faster raw); "
         f"CPU time {raw} / stats = {rows[raw]['cpu_seconds'] / rows['stats']['cpu_seconds']:.2f}; "
         f"stats-on-disk / raw = {rate['stats-on-disk'] / rate['raw']:.2f}",
+        "",
+        f"Paired within each round (the two passes seconds apart), stats / {raw}: {_paired(rows, raw)}.",
     ]
     text = "\n".join(table)
     print(text)
@@ -166,6 +170,12 @@ def main() -> None:
         RESULTS.write_text(
             f"# CT statistics benchmark (`benchmarks/bench_stats.py`)\n\n{text}\n\n{machine_markdown()}\n"
         )
+
+
+def _paired(rows: dict[str, dict], raw: str) -> str:
+    """Median (min–max) over the rounds of raw seconds / stats seconds: robust to load that drifts between rounds."""
+    ratios = np.array(rows[raw]["rounds"]) / np.array(rows["stats"]["rounds"])
+    return f"median {np.median(ratios):.2f} ({ratios.min():.2f}–{ratios.max():.2f}, {ratios.size} rounds)"
 
 
 def _chunks(store: Path) -> tuple[int, ...]:
