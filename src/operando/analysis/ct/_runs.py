@@ -115,6 +115,14 @@ def _row_ends(row, row_words, prev, prev_words, ends):  # pragma: no cover - com
 
 
 @numba.njit(nogil=True, cache=True)
+def _all_end(ends):  # pragma: no cover - compiled
+    """Every column's run ends (the slab's last slice): ``ends`` is 0…m−1 → m."""
+    for j in range(ends.shape[0]):
+        ends[j] = j
+    return ends.shape[0]
+
+
+@numba.njit(nogil=True, cache=True)
 def _any_change(a, b):  # pragma: no cover - compiled
     acc = np.uint64(0)
     for k in range(a.shape[0]):
@@ -135,9 +143,7 @@ def _runs(
     for z in range(n + close):
         before = prev if z == 0 else flat[z - 1]
         if z == n:
-            count = m
-            for j in range(m):
-                ends[j] = j
+            count = _all_end(ends)
         elif z == 0:
             count = _row_ends(flat[0], words[0], prev, prev_words, ends)
         else:
@@ -169,9 +175,7 @@ def _value_runs(flat, words, value, per_slice):  # pragma: no cover - compiled
     ends = np.empty(m, np.int64)
     for z in range(1, n + 1):
         if z == n:
-            count = m
-            for j in range(m):
-                ends[j] = j
+            count = _all_end(ends)
         else:
             count = _row_ends(flat[z], words[z], flat[z - 1], words[z - 1], ends)
         for q in range(count):
