@@ -69,9 +69,8 @@ def add_side_runs(
             before = flat[0], words[0]
         _runs(flat, words, *before, planes, faces, counts, z, n_total, low, start, False)
         before, z = (flat[-1], words[-1]), z + flat.shape[0]
-    if before is not None:
-        flat, words = _flat_words(np.empty((0, *out.shape[1:]), np.uint8))
-        _runs(flat, words, *before, planes, faces, counts, z, n_total, low, start, True)
+    if before is not None:  # no slices left: every run ends after the last one
+        _runs(flat[:0], words[:0], *before, planes, faces, counts, z, n_total, low, start, True)
 
 
 def slice_counts(chunk: np.ndarray, value: int) -> np.ndarray:
