@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from operando.analysis.ct import regions
+from operando.analysis.ct._planes import pearson, plane_totals
 from operando.analysis.ct._runs import NOT_COUNTED, add_side_runs
 from operando.analysis.ct.regions import SIDE_CLASSES, SIDES, SPLIT_CLASSES
 from operando.engine.cluster import compute_on
@@ -54,6 +55,7 @@ _CLASS_PLANES = {"high": [0, 1, 3, 2, 4, 5], "low": [1, 0, 2, 3, 4, 5]}
 _N_OUT = len(_COUNTED) + 2
 _COLUMN_TASK_BYTES = 512 * 2**20  # labels one task holds at once: a chunk column, or part of a tall one
 _LOW_HIGH = ("low", "high")
+_FLOAT_MAPS = np.empty((0,) * 4, np.float32)  # meta of the lazy map views: dask need not call their functions
 
 
 def cell_statistics(
@@ -404,7 +406,7 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
     counts: float32 copies of all of them would be 4× the counts' memory, made
     whenever statistics are computed. Writing or plotting computes them plane by plane.
     """
-    voxels = counts.sum(axis=(2, 3), dtype=np.int64)
+    voxels, occupied = _plane_totals(counts)
     volume = voxels * voxel**3
     thickness = volume / (float(np.prod(counts.shape[2:])) * voxel**2)
     index = SPLIT_CLASSES.index
@@ -420,9 +422,9 @@ def _class_maps(counts, voxel: float, n_total: int, pairs: Sequence[tuple[str, s
         "volume": volume,
         "thickness": thickness,
         "sides": xp.stack(sides, axis=1),
-        "tmap": planes.map_blocks(_scaled, voxel, dtype=np.float32),
-        "density": planes.map_blocks(_scaled, 1.0 / n_total, dtype=np.float32),
-        "area": _nonzero_planes(counts) / float(np.prod(counts.shape[2:])),
+        "tmap": planes.map_blocks(_scaled, voxel, meta=_FLOAT_MAPS),
+        "density": planes.map_blocks(_scaled, 1.0 / n_total, meta=_FLOAT_MAPS),
+        "area": occupied / float(np.prod(counts.shape[2:])),
         "coloc": coloc,
     }
 
@@ -445,13 +447,11 @@ def _plane_views(array: np.ndarray | da.Array) -> da.Array:
     return da.Array(graph, name, chunks, meta=np.empty((0,) * 4, array.dtype))
 
 
-def _nonzero_planes(counts):
-    """Non-zero columns per plane (T, C, A, B) → (T, C)."""
-    if isinstance(counts, da.Array):
-        return da.count_nonzero(counts, axis=(2, 3))
-    # plane by plane: count_nonzero over a whole array takes numpy's fast path, over axes it does not (6×)
-    flat = counts.reshape(-1, counts.shape[2] * counts.shape[3])
-    return np.array([np.count_nonzero(plane) for plane in flat]).reshape(counts.shape[:2])
+def _plane_totals(maps):
+    """Sum and non-zero pixels of each plane of maps (T, C, A, B) → two (T, C) arrays of int64."""
+    if isinstance(maps, da.Array):
+        return maps.sum(axis=(2, 3), dtype=np.int64), da.count_nonzero(maps, axis=(2, 3))
+    return plane_totals(maps)
 
 
 def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
@@ -461,32 +461,18 @@ def _scaled(counts: np.ndarray, factor: float) -> np.ndarray:
 def _pearson_pairs(counts, pairs: Sequence[tuple[int, int]]):
     """Pearson r over the plane of class maps ``pairs`` of counts (T, C, A, B) → (T, P), as ``xarray.corr``.
 
-    NaN for a constant map. Each class plane is centred once per time, in float64
-    (one plane of temporaries at a time, not the whole series).
+    NaN for a constant map. From exact integer moments (:func:`~operando.analysis.ct._planes.pearson`):
+    no float copies of the maps, and no BLAS, whose threads spin on after a call, on
+    the cores the next pass decodes on (7 % of a 4 × 512³ pass's CPU; ``stats.md``).
     """
     if isinstance(counts, da.Array):
         planes = counts.rechunk((1, -1, -1, -1))
         return planes.map_blocks(_pearson_pairs, pairs, drop_axis=(2, 3), chunks=(1, len(pairs)), dtype=float)
     out = np.empty((counts.shape[0], len(pairs)))
     for t, maps in enumerate(counts):
-        centred = {c: _centred(maps[c]) for c in sorted({c for pair in pairs for c in pair})}
         for k, (a, b) in enumerate(pairs):
-            x, y = centred[a], centred[b]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[t, k] = _dot(x, y) / np.sqrt(_dot(x, x) * _dot(y, y))
+            out[t, k] = pearson(maps[a], maps[b])
     return out
-
-
-def _dot(x: np.ndarray, y: np.ndarray) -> float:
-    """Σ x·y without BLAS: ``np.dot`` wakes OpenBLAS's threads, which then spin for a while on the cores
-    the next pass decodes on (7 % of a 4 × 512³ statistics pass's CPU in ``perf``; ``stats.md``)."""
-    return float(np.einsum("i,i->", x, y))
-
-
-def _centred(plane: np.ndarray) -> np.ndarray:
-    flat = plane.ravel().astype(np.float64)
-    flat -= flat.mean()
-    return flat
 
 
 def _edges_um(faces, axis: tuple[float, int, float], side: str):
@@ -497,7 +483,7 @@ def _edges_um(faces, axis: tuple[float, int, float], side: str):
     be made on every call, 8× the uint16 faces' memory.
     """
     planes = _plane_views(faces)
-    um = planes.map_blocks(_face_um, *axis, dtype=np.float32)
+    um = planes.map_blocks(_face_um, *axis, meta=_FLOAT_MAPS)
     return um if side == "high" else um[:, ::-1]  # (stripping, plating): the plating side is the high one
 
 
@@ -513,8 +499,7 @@ def _edge_means_um(faces, axis: tuple[float, int, float], side: str):
     """Mean face position (T, side) over the columns that have one (NaN if none), exact from the codes."""
     n0, n_total, voxel = axis
     xp = da if isinstance(faces, da.Array) else np
-    count = xp.count_nonzero(faces, axis=(2, 3))
-    total = faces.sum(axis=(2, 3), dtype=np.int64)
+    total, count = _plane_totals(faces)
     # sum of (f - 1) over the low faces, of (n_total - f) over the high ones; codes of 0 add nothing
     slices = xp.stack([total[:, 0] - count[:, 0], n_total * count[:, 1] - total[:, 1]], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
